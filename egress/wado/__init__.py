@@ -1,0 +1,1 @@
+"""The aiohttp DICOMweb server (QIDO-RS, WADO-RS, STOW-RS)."""

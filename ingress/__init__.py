@@ -1,0 +1,1 @@
+"""Ways instances come in: the DICOM C-STORE SCP."""

@@ -1,0 +1,81 @@
+"""The SCP process: pynetdicom accepts associations on its threads; the asyncio loop publishes.
+
+Each association runs on its own pynetdicom thread and returns only after its instance and events
+are durable (``InstanceReceiver``); the loop's only job is the outbox publisher, woken after each
+store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from ingress.scp.handlers import handle_accepted, handle_closed, handle_store
+from pipeline import lifecycle, log
+from pipeline.errors import PacsflowError
+from pipeline.ingest import InstanceReceiver
+from pipeline.outbox import Outbox, OutboxPublisher
+from pipeline.settings import Settings
+from pipeline.stores.files import StorageLayout
+
+_log = log.get(__name__)
+
+
+def build_ae(settings: Settings) -> AE:
+    """An AE accepting every storage SOP class (plus configured extras) in every transfer syntax."""
+    ae = AE(ae_title=settings.scp_ae_title)
+    ae.maximum_associations = settings.scp_max_associations
+    ae.maximum_pdu_size = settings.scp_max_pdu
+    ae.acse_timeout = settings.scp_acse_timeout_s
+    ae.dimse_timeout = settings.scp_dimse_timeout_s
+    ae.network_timeout = settings.scp_network_timeout_s
+    syntaxes = [str(uid) for uid in AllTransferSyntaxes]
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, syntaxes)
+    for uid in settings.scp_extra_sop_classes:
+        ae.add_supported_context(uid, syntaxes)
+    ae.add_supported_context(Verification)
+    return ae
+
+
+async def serve(settings: Settings) -> None:
+    stop = lifecycle.stop_on_signals()
+    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox.open_slot(settings.outbox_dir, "scp")
+    publisher = OutboxPublisher(settings, outbox)
+    receiver = InstanceReceiver(StorageLayout(settings.storage_root), outbox, settings.node_id)
+    handlers = [
+        (evt.EVT_C_STORE, handle_store,
+         [receiver, settings.scp_tenants, settings.default_tenant, publisher.notify]),
+        (evt.EVT_ACCEPTED, handle_accepted),
+        (evt.EVT_RELEASED, handle_closed),
+        (evt.EVT_ABORTED, handle_closed),
+    ]
+    address = (settings.scp_host, settings.scp_port)
+    try:
+        server = build_ae(settings).start_server(address, block=False, evt_handlers=handlers)
+    except OSError as exc:
+        outbox.close()
+        raise PacsflowError(
+            f"cannot listen on {settings.scp_host}:{settings.scp_port} ({exc.strerror}): stop what "
+            "holds the port or set PACSFLOW_SCP_PORT"
+        ) from exc
+    publishing = asyncio.create_task(publisher.run(), name="outbox-publisher")
+    publishing.add_done_callback(lambda _: stop.set())  # it only ends on a bug: exit, be restarted
+    _log.info("scp_listening", host=settings.scp_host, port=settings.scp_port,
+              ae_title=settings.scp_ae_title, storage_root=str(settings.storage_root),
+              pending_events=outbox.pending())
+    lifecycle.notify_ready()
+    try:
+        await stop.wait()
+    finally:
+        server.shutdown()
+        await publisher.stop()
+        publishing.cancel()
+        outbox.close()
+        _log.info("scp_stopped", published=publisher.published)
+    if publishing.done() and not publishing.cancelled() and publishing.exception():
+        raise PacsflowError("the outbox publisher failed") from publishing.exception()

@@ -1,0 +1,37 @@
+"""``create_app(settings) -> faust.App``: the worker's app; agents and tables import it, never the reverse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from pipeline import topics
+from pipeline.models import StorageEvent
+from pipeline.settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    options: dict[str, Any] = {}
+    # Unset: the client's defaults, which a real Kafka cluster wants. An embedded Tansu broker only
+    # forms a group after a whole session timeout, so `pacsflow dev` sets these short.
+    if settings.kafka_session_timeout_s is not None:
+        options["broker_session_timeout"] = settings.kafka_session_timeout_s
+    if settings.kafka_heartbeat_interval_s is not None:
+        options["broker_heartbeat_interval"] = settings.kafka_heartbeat_interval_s
+    app = faust.App(
+        "pacsflow",
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        datadir=str(settings.data_dir / "worker"),
+        store="memory://",
+        topic_partitions=settings.kafka_partitions,
+        topic_replication_factor=settings.kafka_replication,
+        broker_request_timeout=max(settings.kafka_request_timeout_s, 10.0),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=False,
+        **options,
+    )
+    app.topic(topics.STORAGE_QUEUE, key_type=bytes, value_type=StorageEvent,
+              key_serializer="raw", partitions=settings.kafka_partitions)
+    return app

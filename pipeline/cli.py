@@ -1,0 +1,83 @@
+"""The only composition root: ``pacsflow scp | worker | web | dev | topics``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pipeline import __version__, lifecycle, log, settings as settings_module
+from pipeline.errors import PacsflowError, SettingsError
+from pipeline.settings import Settings
+
+_NEEDS_KAFKA = {"scp", "worker", "topics"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pacsflow",
+        description="A DICOMweb service built as a Kafka stream-processing pipeline. "
+        "Settings come from PACSFLOW_* environment variables (see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"pacsflow {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("dev", help="the whole system on one machine (embedded broker and database)")
+    commands.add_parser("scp", help="the DICOM C-STORE SCP")
+    commands.add_parser("worker", help="the Faust worker (agents and tables)")
+    commands.add_parser("web", help="the DICOMweb server")
+    commands.add_parser("topics", help="create pacsflow's Kafka topics and list them")
+    commands.add_parser("settings", help="print the effective settings")
+    return parser
+
+
+def _run(command: str, settings: Settings) -> None:
+    if command in _NEEDS_KAFKA and not settings.kafka_bootstrap:
+        raise SettingsError(
+            "PACSFLOW_KAFKA_BOOTSTRAP is empty: set it to your Kafka brokers (host:port), "
+            "or run `pacsflow dev`, which starts an embedded broker"
+        )
+    if command == "scp":
+        from ingress.scp.server import serve as serve_scp
+
+        lifecycle.run(serve_scp(settings))
+    elif command == "web":
+        from egress.wado.app import serve as serve_web
+
+        lifecycle.run(serve_web(settings))
+    elif command == "worker":
+        from pipeline.worker import run as run_worker
+
+        run_worker(settings)
+    elif command == "dev":
+        from pipeline.dev.stack import run as run_dev
+
+        lifecycle.run(run_dev(settings), fast=False)
+    elif command == "topics":
+        from pipeline.topics import ensure_topics
+
+        async def create() -> None:
+            created = await ensure_topics(settings)
+            print("created:", ", ".join(created) or "none (all existed)")
+
+        lifecycle.run(create())
+    elif command == "settings":
+        for name, setting in settings_module.SETTINGS:
+            print(f"{setting.env}={getattr(settings, name)}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_module.load()
+    except SettingsError as exc:
+        print(f"pacsflow: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.configure(settings, args.command)
+    try:
+        _run(args.command, settings)
+    except PacsflowError as exc:
+        log.get("pacsflow").error("failed", command=args.command, error=str(exc))
+        print(f"pacsflow {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,0 +1,1 @@
+"""`pacsflow dev`: the whole system on one machine, as children of one supervisor."""

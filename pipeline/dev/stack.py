@@ -1,0 +1,98 @@
+"""What `pacsflow dev` runs, in order: broker, PostgreSQL, SCP, worker, web."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+
+from pipeline import lifecycle, log, topics
+from pipeline.dev import broker, postgres
+from pipeline.dev.supervisor import ChildSpec, Supervisor
+from pipeline.settings import ENV_FILE, Settings
+
+_log = log.get(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _service(name: str, env: Mapping[str, str]) -> ChildSpec:
+    return ChildSpec(name, [sys.executable, "-m", "pipeline", name], env)
+
+
+def plan(settings: Settings) -> tuple[list[ChildSpec], Settings]:
+    """The children to start, and the settings they will see (embedded broker and database filled in)."""
+    env = {k: v for k, v in settings.env.items() if k != ENV_FILE}
+    env["PACSFLOW_DATA_DIR"] = str(settings.data_dir)
+    env["PACSFLOW_STORAGE_ROOT"] = str(settings.storage_root)
+    specs: list[ChildSpec] = []
+    effective = settings
+    if not settings.kafka_bootstrap:
+        port = settings.dev_broker_port or free_port()
+        bootstrap = f"127.0.0.1:{port}"
+        env["PACSFLOW_KAFKA_BOOTSTRAP"] = bootstrap
+        # Tansu forms a consumer group only after a session timeout: keep it short unless set.
+        env.setdefault("PACSFLOW_KAFKA_SESSION_TIMEOUT_S", "3")
+        env.setdefault("PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S", "0.5")
+        effective = dataclasses.replace(effective, kafka_bootstrap=bootstrap)
+        specs.append(ChildSpec(
+            "broker", broker.argv(port), {**env, "RUST_LOG": "warn"},
+            probe=lambda: broker.answers(bootstrap),
+            stop_signal=signal.SIGTERM, stop_timeout_s=5,
+        ))
+    if not settings.database_url:
+        port = settings.dev_postgres_port or free_port()
+        pgdata = settings.data_dir / "postgres"
+        user = postgres.system_user()
+        postgres.initialise(pgdata, user)
+        env["PACSFLOW_DATABASE_URL"] = postgres.dsn(port)
+        effective = dataclasses.replace(effective, database_url=postgres.dsn(port))
+        specs.append(ChildSpec(
+            "postgres", postgres.argv(pgdata, port), env, probe=lambda: postgres.answers(port),
+            user=user, stop_signal=signal.SIGINT,  # SIGINT: PostgreSQL's fast shutdown
+        ))
+    # Topics exist before anything publishes. With an external Kafka, and after a broker restart,
+    # the outbox creates them at its (re)connection.
+    created_topics = lambda: topics.ensure_topics(effective)  # noqa: E731
+    specs = [dataclasses.replace(s, after_ready=created_topics) if s.name == "broker" else s
+             for s in specs]
+    specs += [_service("scp", env), _service("worker", env), _service("web", env)]
+    return specs, effective
+
+
+def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
+    base = f"http://127.0.0.1:{settings.http_port}"
+    broker_note = " (embedded Tansu, memory only)" if embedded_broker else ""
+    db_note = " (embedded)" if embedded_db else ""
+    return "\n".join([
+        "",
+        "pacsflow is running",
+        f"  DICOM (C-STORE, C-ECHO)  127.0.0.1:{settings.scp_port}  AE title {settings.scp_ae_title}",
+        f"  DICOMweb                 {base}/dicomweb",
+        f"  health                   {base}/health",
+        f"  storage root             {settings.storage_root}",
+        f"  Kafka                    {settings.kafka_bootstrap}{broker_note}",
+        f"  PostgreSQL               {settings.database_url}{db_note}",
+        "  stop                     Ctrl-C (or SIGTERM to this process)",
+        "",
+    ])
+
+
+async def run(settings: Settings) -> None:
+    stop = lifecycle.stop_on_signals()
+    specs, effective = plan(settings)
+    supervisor = Supervisor(specs)
+
+    def ready() -> None:
+        print(banner(effective, not settings.kafka_bootstrap, not settings.database_url), flush=True)
+        _log.info("dev_ready", children=[s.name for s in specs])
+
+    await supervisor.run(stop, ready)
+    _log.info("dev_stopped")

@@ -1,0 +1,251 @@
+"""The durable outbox: events are spooled on disk before a store succeeds, then published to Kafka.
+
+Each process that stores instances (the SCP, the web server's STOW) owns one outbox file, a SQLite
+database in WAL mode with ``synchronous=FULL``: when ``append`` returns, the events survive a crash
+or a power cut. A publisher task sends them in the order they were appended and deletes them only
+after the broker acknowledged them, so a broker that is down, hung or restarted costs latency, never
+an event. A process takes the first free slot ``<name>-<n>.sqlite`` (held with ``flock``), so a
+restarted process finds its own leftovers; outboxes of processes that are gone for good (fewer
+replicas than before) are adopted and drained by whichever publisher finds them unlocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline import log
+from pipeline.errors import OutboxError, StorageFull
+from pipeline.settings import Settings
+from pipeline.topics import ensure_topics
+
+_log = log.get(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key   BLOB NOT NULL,
+    value BLOB NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+class Outbox:
+    """One process's spool of messages bound for Kafka, in append order."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._mutex = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            os.close(lock_fd)
+            raise OutboxError(f"cannot open the outbox {path}: {exc}; check the data folder") from exc
+
+    @classmethod
+    def open_slot(cls, directory: Path, name: str) -> Outbox:
+        """Open the first outbox ``<name>-<n>`` that no live process holds."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for slot in range(1024):
+            path = directory / f"{name}-{slot}.sqlite"
+            fd = _try_lock(path)
+            if fd is not None:
+                return cls(path, fd)
+        raise OutboxError(f"no free outbox slot for {name!r} in {directory}")
+
+    @classmethod
+    def orphans(cls, directory: Path, keep: Path) -> Iterator[Outbox]:
+        """Outboxes in ``directory`` that no live process holds (their owner is gone)."""
+        for path in sorted(directory.glob("*.sqlite")):
+            if path == keep:
+                continue
+            fd = _try_lock(path)
+            if fd is not None:
+                yield cls(path, fd)
+
+    def append(self, messages: Sequence[Message]) -> None:
+        """Spool ``messages`` in one transaction; durable when this returns."""
+        rows = [(m.topic, m.key, m.value) for m in messages]
+        with self._mutex:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT INTO outbox (topic, key, value) VALUES (?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if "full" in str(exc):
+                    raise StorageFull(f"no space left for the outbox {self.path}: free disk space") from exc
+                raise OutboxError(f"cannot append to the outbox {self.path}: {exc}") from exc
+
+    def peek(self, limit: int) -> list[tuple[int, Message]]:
+        with self._mutex:
+            rows = self._db.execute(
+                "SELECT id, topic, key, value FROM outbox ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [(row[0], Message(row[1], bytes(row[2]), bytes(row[3]))) for row in rows]
+
+    def ack(self, through_id: int) -> None:
+        """Forget every message up to ``through_id``: the broker has them."""
+        with self._mutex:
+            self._db.execute("DELETE FROM outbox WHERE id <= ?", (through_id,))
+
+    def pending(self) -> int:
+        with self._mutex:
+            count: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return count
+
+    def close(self, *, remove: bool = False) -> None:
+        with self._mutex:
+            self._db.close()
+            if remove:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            os.close(self._lock_fd)
+
+
+def _try_lock(path: Path) -> int | None:
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class OutboxPublisher:
+    """Publishes an outbox to Kafka, in order, until stopped; survives any broker outage."""
+
+    def __init__(self, settings: Settings, outbox: Outbox, *, batch_size: int = 500) -> None:
+        self._settings = settings
+        self._outbox = outbox
+        self._batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = False
+        self.published = 0
+
+    def notify(self) -> None:
+        """Wake the publisher; safe to call from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        backoff = 0.25
+        orphans_checked = 0.0
+        while not self._stopping:
+            try:
+                if self._loop.time() - orphans_checked > 30:
+                    await self._drain_orphans()
+                    orphans_checked = self._loop.time()
+                if not await self._publish_batch(self._outbox):
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                backoff = 0.25
+            except (KafkaError, OSError, TimeoutError) as exc:
+                _log.warning(
+                    "outbox_publish_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    pending=self._outbox.pending(),
+                    retry_in_s=backoff,
+                    bootstrap=self._settings.kafka_bootstrap,
+                )
+                await self._close_producer()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Publish what is pending for up to ``drain_timeout_s``; what is left stays spooled."""
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            async with asyncio.timeout(drain_timeout_s):
+                while self._producer is not None and await self._publish_batch(self._outbox):
+                    pass
+        await self._close_producer()
+
+    async def _drain_orphans(self) -> None:
+        for orphan in Outbox.orphans(self._outbox.path.parent, keep=self._outbox.path):
+            try:
+                while await self._publish_batch(orphan):
+                    pass
+            except BaseException:
+                orphan.close()
+                raise
+            _log.info("outbox_adopted", path=str(orphan.path))
+            orphan.close(remove=True)
+
+    async def _publish_batch(self, outbox: Outbox) -> int:
+        rows = await asyncio.to_thread(outbox.peek, self._batch_size)
+        if not rows:
+            return 0
+        producer = await self._connect()
+        futures: list[asyncio.Future[object]] = []
+        try:
+            async with asyncio.timeout(self._settings.kafka_request_timeout_s * 2):
+                for _, message in rows:
+                    futures.append(await producer.send(message.topic, message.value, key=message.key))
+                await asyncio.gather(*futures)
+        finally:
+            for future in futures:  # on failure, retrieve what the others did so none is left unread
+                if future.done() and not future.cancelled():
+                    future.exception()
+        await asyncio.to_thread(outbox.ack, rows[-1][0])
+        self.published += len(rows)
+        return len(rows)
+
+    async def _connect(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        settings = self._settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=f"pacsflow-{settings.node_id}",
+            acks="all",
+            linger_ms=2,
+            request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
+        )
+        try:
+            await producer.start()
+            created = await ensure_topics(settings)
+        except BaseException:
+            await producer.stop()
+            raise
+        if created:
+            _log.info("topics_created", topics=created, partitions=settings.kafka_partitions)
+        _log.info("outbox_connected", bootstrap=settings.kafka_bootstrap, pending=self._outbox.pending())
+        self._producer = producer
+        return producer
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await producer.stop()

@@ -1,0 +1,314 @@
+"""The one settings object, loaded once from the environment (``PACSFLOW_*``).
+
+Every setting is declared once in ``SETTINGS`` with its variable, default and meaning; the README
+table and ``compose/env.example`` list the same variables (a test keeps them in step). ``load`` takes
+a mapping so that tests pass their own; it checks every value and reports all the bad ones at once.
+An optional ``PACSFLOW_ENV_FILE`` names a ``KEY=VALUE`` file (the format of ``compose/env.example``)
+whose values apply where the environment sets none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import SettingsError
+from pipeline.models.identifiers import InvalidIdentifier, TenantId, Uid
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("auto", "json", "console")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything pacsflow can be told, validated."""
+
+    data_dir: Path
+    """Everything a one-machine install keeps: embedded database, outbox, storage root."""
+    storage_root: Path
+    """The ``${ROOT}`` of the storage layout: ``<root>/<tenant>/<study>/<series>/<sop>.dcm``."""
+    node_id: str
+    """This node's name in events and Doris rows (``worker_node_id``)."""
+    default_tenant: TenantId
+    """Tenant of an association whose called AE title is not mapped, and of ``/dicomweb``."""
+    log_level: str
+    log_format: str
+    scp_host: str
+    scp_port: int
+    scp_ae_title: str
+    scp_tenants: Mapping[str, TenantId]
+    """Called AE title -> tenant."""
+    scp_max_associations: int
+    scp_max_pdu: int
+    """Largest PDU pacsflow receives, in bytes; 0 means no limit."""
+    scp_acse_timeout_s: float
+    scp_dimse_timeout_s: float
+    scp_network_timeout_s: float
+    scp_extra_sop_classes: tuple[Uid, ...]
+    """Storage SOP classes accepted beyond the standard ones (e.g. a vendor's private class)."""
+    http_host: str
+    http_port: int
+    public_url: str
+    kafka_bootstrap: str
+    kafka_partitions: int
+    kafka_replication: int
+    kafka_session_timeout_s: float | None
+    """None: the client library's default, which a real Kafka cluster wants."""
+    kafka_heartbeat_interval_s: float | None
+    kafka_request_timeout_s: float
+    database_url: str
+    redis_url: str
+    metadata_window_s: float
+    dev_broker_port: int
+    """Port of the broker `pacsflow dev` embeds; 0 picks a free one."""
+    dev_postgres_port: int
+    """Port of the PostgreSQL `pacsflow dev` embeds; 0 picks a free one."""
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """The mapping the settings were read from, to hand on to child processes."""
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    meaning: str
+    parse: Callable[[str], Any]
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is outside {lo}..{hi}")
+        return value
+
+    return parse
+
+
+def _seconds(allow_empty: bool = False) -> Callable[[str], float | None]:
+    def parse(raw: str) -> float | None:
+        if raw == "" and allow_empty:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number of seconds") from None
+        if not 0 < value <= 86400:
+            raise ValueError(f"{value} seconds is outside (0, 86400]")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"{raw!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _ae_title(raw: str) -> str:
+    value = raw.strip()
+    if not _AE_TITLE.match(value):
+        raise ValueError(f"{raw!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+    return value
+
+
+def _tenant(raw: str) -> TenantId:
+    try:
+        return TenantId(raw)
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _tenant_map(raw: str) -> dict[str, TenantId]:
+    mapping: dict[str, TenantId] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        ae, sep, tenant = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not AE=tenant (e.g. CT1=hospital_a)")
+        mapping[_ae_title(ae)] = _tenant(tenant.strip())
+    return mapping
+
+
+def _uid_list(raw: str) -> tuple[Uid, ...]:
+    try:
+        return tuple(Uid(part.strip()) for part in raw.split(",") if part.strip())
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _bootstrap(raw: str) -> str:
+    servers = [s.strip() for s in raw.split(",") if s.strip()]
+    for server in servers:
+        if not _HOST_PORT.match(server):
+            raise ValueError(f"{server!r} is not host:port")
+    return ",".join(servers)
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value and not value.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ValueError(f"{raw!r} does not start with {' or '.join(s + '://' for s in schemes)}")
+        return value.rstrip("/") if value.startswith("http") else value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _node_id(raw: str) -> str:
+    value = raw.strip() or socket.gethostname()
+    if len(value) > 64:
+        raise ValueError(f"{value!r} is longer than 64 characters")
+    return value
+
+
+_PORT = _int(0, 65535)
+_SERVICE_PORT = _int(1, 65535)
+
+# (field name, Setting). The order is the README's.
+SETTINGS: tuple[tuple[str, Setting], ...] = (
+    ("data_dir", Setting("PACSFLOW_DATA_DIR", "./var",
+        "everything a one-machine install keeps (embedded database, outbox, storage root)", Path)),
+    ("storage_root", Setting("PACSFLOW_STORAGE_ROOT", "$PACSFLOW_DATA_DIR/storage",
+        "the `${ROOT}` of the storage layout", Path)),
+    ("node_id", Setting("PACSFLOW_NODE_ID", "the host name",
+        "this node's name in events and Doris rows (`worker_node_id`)", _node_id)),
+    ("default_tenant", Setting("PACSFLOW_DEFAULT_TENANT", "default",
+        "tenant of unmapped AE titles and of `/dicomweb`", _tenant)),
+    ("log_level", Setting("PACSFLOW_LOG_LEVEL", "info", "debug, info, warning or error",
+        _choice(_LOG_LEVELS))),
+    ("log_format", Setting("PACSFLOW_LOG_FORMAT", "auto",
+        "`json`, `console`, or `auto`: JSON unless stdout is a terminal", _choice(_LOG_FORMATS))),
+    ("scp_host", Setting("PACSFLOW_SCP_HOST", "0.0.0.0", "address the DICOM listener binds", _text)),
+    ("scp_port", Setting("PACSFLOW_SCP_PORT", "11112", "DICOM listener port", _SERVICE_PORT)),
+    ("scp_ae_title", Setting("PACSFLOW_SCP_AE_TITLE", "PACSFLOW", "pacsflow's AE title", _ae_title)),
+    ("scp_tenants", Setting("PACSFLOW_SCP_TENANTS", "",
+        "called AE title -> tenant, e.g. `CT1=hospital_a,MR2=hospital_b`", _tenant_map)),
+    ("scp_max_associations", Setting("PACSFLOW_SCP_MAX_ASSOCIATIONS", "32",
+        "concurrent associations; more are rejected (local limit exceeded)", _int(1, 1000))),
+    ("scp_max_pdu", Setting("PACSFLOW_SCP_MAX_PDU", "262144",
+        "largest PDU pacsflow receives, bytes (0: no limit)", _int(0, 2**32 - 1))),
+    ("scp_acse_timeout_s", Setting("PACSFLOW_SCP_ACSE_TIMEOUT_S", "30",
+        "seconds to wait for association messages", _seconds())),
+    ("scp_dimse_timeout_s", Setting("PACSFLOW_SCP_DIMSE_TIMEOUT_S", "60",
+        "seconds to wait for DIMSE messages", _seconds())),
+    ("scp_network_timeout_s", Setting("PACSFLOW_SCP_NETWORK_TIMEOUT_S", "60",
+        "seconds an idle connection is kept", _seconds())),
+    ("scp_extra_sop_classes", Setting("PACSFLOW_SCP_EXTRA_SOP_CLASSES", "",
+        "comma-separated storage SOP class UIDs accepted beyond the standard ones", _uid_list)),
+    ("http_host", Setting("PACSFLOW_HTTP_HOST", "0.0.0.0", "address the HTTP server binds", _text)),
+    ("http_port", Setting("PACSFLOW_HTTP_PORT", "8080",
+        "DICOMweb at `/dicomweb`, other tenants at `/tenants/<tenant>/dicomweb`", _SERVICE_PORT)),
+    ("public_url", Setting("PACSFLOW_PUBLIC_URL", "",
+        "external base URL for BulkDataURIs; else from `Forwarded`/`X-Forwarded-*`",
+        _url(("http", "https")))),
+    ("kafka_bootstrap", Setting("PACSFLOW_KAFKA_BOOTSTRAP", "",
+        "Kafka bootstrap servers (`host:port,...`); empty: `pacsflow dev` starts an embedded broker",
+        _bootstrap)),
+    ("kafka_partitions", Setting("PACSFLOW_KAFKA_PARTITIONS", "4",
+        "partitions of each topic pacsflow creates", _int(1, 1024))),
+    ("kafka_replication", Setting("PACSFLOW_KAFKA_REPLICATION", "1",
+        "replication factor of each topic pacsflow creates", _int(1, 16))),
+    ("kafka_session_timeout_s", Setting("PACSFLOW_KAFKA_SESSION_TIMEOUT_S", "",
+        "consumer group session timeout; empty: the client's default (`pacsflow dev` with its "
+        "embedded broker: 3)", _seconds(allow_empty=True))),
+    ("kafka_heartbeat_interval_s", Setting("PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S", "",
+        "consumer heartbeat interval; empty: the client's default (embedded broker: 0.5)",
+        _seconds(allow_empty=True))),
+    ("kafka_request_timeout_s", Setting("PACSFLOW_KAFKA_REQUEST_TIMEOUT_S", "15",
+        "seconds before a Kafka request is given up and retried", _seconds())),
+    ("database_url", Setting("PACSFLOW_DATABASE_URL", "",
+        "PostgreSQL DSN; empty: `pacsflow dev` starts an embedded PostgreSQL",
+        _url(("postgres", "postgresql")))),
+    ("redis_url", Setting("PACSFLOW_REDIS_URL", "", "Redis URL; empty: no cache",
+        _url(("redis", "rediss", "unix")))),
+    ("metadata_window_s", Setting("PACSFLOW_METADATA_WINDOW_S", "2",
+        "tumbling window length for metadata regeneration, seconds", _seconds())),
+    ("dev_broker_port", Setting("PACSFLOW_DEV_BROKER_PORT", "0",
+        "port of the broker `pacsflow dev` embeds (0: any free port)", _PORT)),
+    ("dev_postgres_port", Setting("PACSFLOW_DEV_POSTGRES_PORT", "0",
+        "port of the PostgreSQL `pacsflow dev` embeds (0: any free port)", _PORT)),
+)
+
+ENV_FILE = "PACSFLOW_ENV_FILE"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines (``#`` comments, optional quotes), as in ``compose/env.example``."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"{ENV_FILE}={path}: cannot be read ({exc.strerror}); fix the path") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SettingsError(f"{path}:{number}: {line!r} is not KEY=VALUE")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every setting; raise one SettingsError naming each bad value and its fix."""
+    source = dict(os.environ if env is None else env)
+    if source.get(ENV_FILE):
+        source = {**read_env_file(Path(source[ENV_FILE])), **source}
+    known = {setting.env for _, setting in SETTINGS} | {ENV_FILE}
+    problems = [
+        f"{name} is not a pacsflow setting (known: see README, 'Settings')"
+        for name in sorted(source)
+        if name.startswith("PACSFLOW_") and name not in known
+    ]
+    values: dict[str, Any] = {}
+    for name, setting in SETTINGS:
+        raw = source.get(setting.env, "")
+        if raw == "" and name == "storage_root":
+            values[name] = None  # derived below, from data_dir
+            continue
+        if raw == "" and name != "node_id":
+            raw = setting.default
+        try:
+            values[name] = setting.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{setting.env}={raw!r}: {exc}. Expected: {setting.meaning}")
+    if problems:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
+    data_dir = Path(values["data_dir"]).expanduser().absolute()
+    values["data_dir"] = data_dir
+    root = values["storage_root"]
+    values["storage_root"] = (Path(root).expanduser() if root else data_dir / "storage").absolute()
+    values["env"] = source
+    return Settings(**values)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Settings) if f.name != "env"]

@@ -1,0 +1,1 @@
+"""Stores: the storage root (files), PostgreSQL and Redis."""
