@@ -27,7 +27,7 @@ class Uid(str):
             raise InvalidIdentifier(f"{what} is empty")
         if len(text) > 64 or not _UID.match(text):
             raise InvalidIdentifier(
-                f"{what} {text[:80]!r} is not a valid UID (digits and dots, at most 64 characters)"
+                f"{what} is not a valid UID: {text[:80]!r} (digits and dots, at most 64 characters)"
             )
         return super().__new__(cls, text)
 
@@ -41,7 +41,7 @@ class TenantId(str):
         text = value if isinstance(value, str) else str(value)
         if not _TENANT.match(text):
             raise InvalidIdentifier(
-                f"tenant {text[:80]!r} is not valid (1-64 letters, digits, '_' or '-')"
+                f"tenant is not valid: {text[:80]!r} (1-64 letters, digits, '_' or '-')"
             )
         return super().__new__(cls, text)
 

@@ -1,0 +1,1 @@
+"""Apache Doris: tables and Routine Load jobs fed from pacsflow's topics."""

@@ -1,0 +1,1 @@
+"""The Doris DDL (tables/) and Routine Load jobs (jobs/) that load pacsflow's topics into Doris."""

@@ -1,0 +1,79 @@
+"""Fixtures: a real broker, real pacsflow processes, real DICOM peers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.dimse import c_echo
+from tests.support.services import Broker, Service, free_port, wait_for
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    running = Broker(tmp_path_factory.mktemp("broker") / "tansu.log").start()
+    yield running
+    running.stop()
+
+
+@dataclass
+class Scp:
+    port: int
+    data_dir: Path
+    storage_root: Path
+    service: Service
+    node_id: str
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.storage_root.rglob("*") if p.is_file())
+
+
+ScpFactory = Callable[..., Scp]
+
+
+def wait_for_scp(scp: Scp, timeout: float = 30) -> None:
+    # Not a bare TCP probe: pynetdicom holds an association slot for a silent connection until
+    # its ACSE timeout, which would skew the association-limit tests.
+    wait_for(lambda: scp.service.events("scp_listening") or not scp.service.alive(), timeout,
+             "`pacsflow scp` to listen")
+    assert scp.service.alive(), f"pacsflow scp exited: {scp.service.log_path.read_text()[-2000:]}"
+    assert c_echo(scp.port, check_port=False)
+
+
+@pytest.fixture
+def start_scp(tmp_path: Path) -> Iterator[ScpFactory]:
+    """Start `pacsflow scp` against a broker, with settings overridden by keyword."""
+    started: list[Scp] = []
+
+    def start(bootstrap: str, wait: bool = True, **env: str) -> Scp:
+        index = len(started)
+        data_dir = tmp_path / f"scp{index}"
+        port = free_port()
+        settings = {
+            "PACSFLOW_DATA_DIR": str(data_dir),
+            "PACSFLOW_SCP_PORT": str(port),
+            "PACSFLOW_SCP_HOST": "127.0.0.1",
+            "PACSFLOW_KAFKA_BOOTSTRAP": bootstrap,
+            "PACSFLOW_KAFKA_REQUEST_TIMEOUT_S": "3",
+            "PACSFLOW_NODE_ID": f"test-node-{index}",
+            **{f"PACSFLOW_{k.upper()}": v for k, v in env.items()},
+        }
+        service = Service("scp", settings, tmp_path / f"scp{index}.log").start()
+        storage_root = Path(settings.get("PACSFLOW_STORAGE_ROOT", data_dir / "storage"))
+        scp = Scp(port, data_dir, storage_root, service, settings["PACSFLOW_NODE_ID"])
+        started.append(scp)
+        if wait:
+            wait_for_scp(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.service.stop()
+
+
+@pytest.fixture
+def scp(start_scp: ScpFactory, broker: Broker) -> Scp:
+    return start_scp(broker.bootstrap)
