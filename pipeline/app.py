@@ -32,6 +32,11 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         **options,
     )
-    app.topic(topics.STORAGE_QUEUE, key_type=bytes, value_type=StorageEvent,
-              key_serializer="raw", partitions=settings.kafka_partitions)
+    app.topic(
+        topics.STORAGE_QUEUE,
+        key_type=bytes,
+        value_type=StorageEvent,
+        key_serializer="raw",
+        partitions=settings.kafka_partitions,
+    )
     return app

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline import __version__, lifecycle, log, settings as settings_module
+from pipeline import __version__, lifecycle, log
+from pipeline import settings as settings_module
 from pipeline.errors import PacsflowError, SettingsError
 from pipeline.settings import Settings
 
@@ -36,7 +37,12 @@ def _run(command: str, settings: Settings) -> None:
             "PACSFLOW_KAFKA_BOOTSTRAP is empty: set it to your Kafka brokers (host:port), "
             "or run `pacsflow dev`, which starts an embedded broker"
         )
-    if command == "scp":
+    if command == "scp" and settings.scp_processes > 1:
+        from pipeline.dev.supervisor import run_replicas
+
+        replicas = run_replicas("scp", settings.scp_processes, settings.env, "PACSFLOW_SCP_PROCESSES")
+        lifecycle.run(replicas, fast=False)
+    elif command == "scp":
         from ingress.scp.server import serve as serve_scp
 
         lifecycle.run(serve_scp(settings))

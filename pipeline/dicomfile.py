@@ -21,11 +21,19 @@ from pydicom.uid import UID
 from pipeline.errors import UnreadableDataset
 
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
-_WANTED = [
+_WANTED: list[BaseTag | int] = [
     Tag(name)
     for name in (
-        "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
-        "SeriesInstanceUID", "PatientID", "AccessionNumber", "StudyDate", "NumberOfFrames", "Rows",
+        "SpecificCharacterSet",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "PatientID",
+        "AccessionNumber",
+        "StudyDate",
+        "NumberOfFrames",
+        "Rows",
     )
 ]
 PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -62,8 +70,7 @@ def _check_complete(plain: bytes, syntax: UID) -> None:
     stream = io.BytesIO(plain)
     end = 0
     try:
-        for _ in data_element_generator(stream, syntax.is_implicit_VR, syntax.is_little_endian,
-                                        defer_size=0):
+        for _ in data_element_generator(stream, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=0):
             end = stream.tell()  # deferred values are skipped with a seek past their length
     except (EOFError, ValueError, OSError, NotImplementedError) as exc:
         raise UnreadableDataset(f"dataset is malformed: {exc}") from exc
@@ -76,7 +83,7 @@ def _check_complete(plain: bytes, syntax: UID) -> None:
 
 
 def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag >= _PIXEL_DATA
+    return bool(tag >= _PIXEL_DATA)
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -94,8 +101,13 @@ def read_header(dataset: bytes, transfer_syntax: str) -> Header:
     plain = _plain(dataset, syntax)
     _check_complete(plain, syntax)
     try:
-        ds = read_dataset(io.BytesIO(plain), syntax.is_implicit_VR, syntax.is_little_endian,
-                          stop_when=_stop_at_pixels, specific_tags=_WANTED)
+        ds = read_dataset(
+            io.BytesIO(plain),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=_stop_at_pixels,
+            specific_tags=_WANTED,
+        )
         frames = ds.get("NumberOfFrames")
         number_of_frames = int(frames) if frames not in (None, "") else 1 if "Rows" in ds else None
         return Header(

@@ -136,9 +136,7 @@ class InstanceReceiver:
         sop_class = _uid(header.sop_class_uid, "SOPClassUID")
         announced_class = str(file_meta.get("MediaStorageSOPClassUID", "") or "")
         if announced_class and announced_class != sop_class:
-            raise SopClassMismatch(
-                f"SOP Class UID {sop_class} differs from the negotiated {announced_class}"
-            )
+            raise SopClassMismatch(f"SOP Class UID {sop_class} differs from the negotiated {announced_class}")
         announced_sop = str(file_meta.get("MediaStorageSOPInstanceUID", "") or "")
         if announced_sop and announced_sop != location.sop:
             raise InstanceUidMismatch(

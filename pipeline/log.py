@@ -26,9 +26,7 @@ def _dumps(obj: Any, default: Any = None) -> str:
 
 
 def configure(settings: Settings, service: str) -> None:
-    json_lines = settings.log_format == "json" or (
-        settings.log_format == "auto" and not sys.stdout.isatty()
-    )
+    json_lines = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stdout.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

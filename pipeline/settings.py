@@ -45,6 +45,8 @@ class Settings:
     scp_ae_title: str
     scp_tenants: Mapping[str, TenantId]
     """Called AE title -> tenant."""
+    scp_processes: int
+    """SCP processes sharing the port; one process is bound by one core."""
     scp_max_associations: int
     scp_max_pdu: int
     """Largest PDU pacsflow receives, in bytes; 0 means no limit."""
@@ -193,67 +195,218 @@ _SERVICE_PORT = _int(1, 65535)
 
 # (field name, Setting). The order is the README's.
 SETTINGS: tuple[tuple[str, Setting], ...] = (
-    ("data_dir", Setting("PACSFLOW_DATA_DIR", "./var",
-        "everything a one-machine install keeps (embedded database, outbox, storage root)", Path)),
-    ("storage_root", Setting("PACSFLOW_STORAGE_ROOT", "$PACSFLOW_DATA_DIR/storage",
-        "the `${ROOT}` of the storage layout", Path)),
-    ("node_id", Setting("PACSFLOW_NODE_ID", "the host name",
-        "this node's name in events and Doris rows (`worker_node_id`)", _node_id)),
-    ("default_tenant", Setting("PACSFLOW_DEFAULT_TENANT", "default",
-        "tenant of unmapped AE titles and of `/dicomweb`", _tenant)),
-    ("log_level", Setting("PACSFLOW_LOG_LEVEL", "info", "debug, info, warning or error",
-        _choice(_LOG_LEVELS))),
-    ("log_format", Setting("PACSFLOW_LOG_FORMAT", "auto",
-        "`json`, `console`, or `auto`: JSON unless stdout is a terminal", _choice(_LOG_FORMATS))),
+    (
+        "data_dir",
+        Setting(
+            "PACSFLOW_DATA_DIR",
+            "./var",
+            "everything a one-machine install keeps (embedded database, outbox, storage root)",
+            Path,
+        ),
+    ),
+    (
+        "storage_root",
+        Setting(
+            "PACSFLOW_STORAGE_ROOT", "$PACSFLOW_DATA_DIR/storage", "the `${ROOT}` of the storage layout", Path
+        ),
+    ),
+    (
+        "node_id",
+        Setting(
+            "PACSFLOW_NODE_ID",
+            "",
+            "this node's name in events and Doris rows (`worker_node_id`); empty: the host name",
+            _node_id,
+        ),
+    ),
+    (
+        "default_tenant",
+        Setting(
+            "PACSFLOW_DEFAULT_TENANT", "default", "tenant of unmapped AE titles and of `/dicomweb`", _tenant
+        ),
+    ),
+    (
+        "log_level",
+        Setting("PACSFLOW_LOG_LEVEL", "info", "debug, info, warning or error", _choice(_LOG_LEVELS)),
+    ),
+    (
+        "log_format",
+        Setting(
+            "PACSFLOW_LOG_FORMAT",
+            "auto",
+            "`json`, `console`, or `auto`: JSON unless stdout is a terminal",
+            _choice(_LOG_FORMATS),
+        ),
+    ),
     ("scp_host", Setting("PACSFLOW_SCP_HOST", "0.0.0.0", "address the DICOM listener binds", _text)),
     ("scp_port", Setting("PACSFLOW_SCP_PORT", "11112", "DICOM listener port", _SERVICE_PORT)),
     ("scp_ae_title", Setting("PACSFLOW_SCP_AE_TITLE", "PACSFLOW", "pacsflow's AE title", _ae_title)),
-    ("scp_tenants", Setting("PACSFLOW_SCP_TENANTS", "",
-        "called AE title -> tenant, e.g. `CT1=hospital_a,MR2=hospital_b`", _tenant_map)),
-    ("scp_max_associations", Setting("PACSFLOW_SCP_MAX_ASSOCIATIONS", "32",
-        "concurrent associations; more are rejected (local limit exceeded)", _int(1, 1000))),
-    ("scp_max_pdu", Setting("PACSFLOW_SCP_MAX_PDU", "262144",
-        "largest PDU pacsflow receives, bytes (0: no limit)", _int(0, 2**32 - 1))),
-    ("scp_acse_timeout_s", Setting("PACSFLOW_SCP_ACSE_TIMEOUT_S", "30",
-        "seconds to wait for association messages", _seconds())),
-    ("scp_dimse_timeout_s", Setting("PACSFLOW_SCP_DIMSE_TIMEOUT_S", "60",
-        "seconds to wait for DIMSE messages", _seconds())),
-    ("scp_network_timeout_s", Setting("PACSFLOW_SCP_NETWORK_TIMEOUT_S", "60",
-        "seconds an idle connection is kept", _seconds())),
-    ("scp_extra_sop_classes", Setting("PACSFLOW_SCP_EXTRA_SOP_CLASSES", "",
-        "comma-separated storage SOP class UIDs accepted beyond the standard ones", _uid_list)),
+    (
+        "scp_tenants",
+        Setting(
+            "PACSFLOW_SCP_TENANTS",
+            "",
+            "called AE title -> tenant, e.g. `CT1=hospital_a,MR2=hospital_b`",
+            _tenant_map,
+        ),
+    ),
+    (
+        "scp_processes",
+        Setting(
+            "PACSFLOW_SCP_PROCESSES",
+            "2",
+            "SCP processes sharing the DICOM port (one process uses at most one core)",
+            _int(1, 64),
+        ),
+    ),
+    (
+        "scp_max_associations",
+        Setting(
+            "PACSFLOW_SCP_MAX_ASSOCIATIONS",
+            "32",
+            "concurrent associations per SCP process; more are rejected (local limit exceeded)",
+            _int(1, 1000),
+        ),
+    ),
+    (
+        "scp_max_pdu",
+        Setting(
+            "PACSFLOW_SCP_MAX_PDU",
+            "262144",
+            "largest PDU pacsflow receives, bytes (0: no limit)",
+            _int(0, 2**32 - 1),
+        ),
+    ),
+    (
+        "scp_acse_timeout_s",
+        Setting("PACSFLOW_SCP_ACSE_TIMEOUT_S", "30", "seconds to wait for association messages", _seconds()),
+    ),
+    (
+        "scp_dimse_timeout_s",
+        Setting("PACSFLOW_SCP_DIMSE_TIMEOUT_S", "60", "seconds to wait for DIMSE messages", _seconds()),
+    ),
+    (
+        "scp_network_timeout_s",
+        Setting("PACSFLOW_SCP_NETWORK_TIMEOUT_S", "60", "seconds an idle connection is kept", _seconds()),
+    ),
+    (
+        "scp_extra_sop_classes",
+        Setting(
+            "PACSFLOW_SCP_EXTRA_SOP_CLASSES",
+            "",
+            "comma-separated storage SOP class UIDs accepted beyond the standard ones",
+            _uid_list,
+        ),
+    ),
     ("http_host", Setting("PACSFLOW_HTTP_HOST", "0.0.0.0", "address the HTTP server binds", _text)),
-    ("http_port", Setting("PACSFLOW_HTTP_PORT", "8080",
-        "DICOMweb at `/dicomweb`, other tenants at `/tenants/<tenant>/dicomweb`", _SERVICE_PORT)),
-    ("public_url", Setting("PACSFLOW_PUBLIC_URL", "",
-        "external base URL for BulkDataURIs; else from `Forwarded`/`X-Forwarded-*`",
-        _url(("http", "https")))),
-    ("kafka_bootstrap", Setting("PACSFLOW_KAFKA_BOOTSTRAP", "",
-        "Kafka bootstrap servers (`host:port,...`); empty: `pacsflow dev` starts an embedded broker",
-        _bootstrap)),
-    ("kafka_partitions", Setting("PACSFLOW_KAFKA_PARTITIONS", "4",
-        "partitions of each topic pacsflow creates", _int(1, 1024))),
-    ("kafka_replication", Setting("PACSFLOW_KAFKA_REPLICATION", "1",
-        "replication factor of each topic pacsflow creates", _int(1, 16))),
-    ("kafka_session_timeout_s", Setting("PACSFLOW_KAFKA_SESSION_TIMEOUT_S", "",
-        "consumer group session timeout; empty: the client's default (`pacsflow dev` with its "
-        "embedded broker: 3)", _seconds(allow_empty=True))),
-    ("kafka_heartbeat_interval_s", Setting("PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S", "",
-        "consumer heartbeat interval; empty: the client's default (embedded broker: 0.5)",
-        _seconds(allow_empty=True))),
-    ("kafka_request_timeout_s", Setting("PACSFLOW_KAFKA_REQUEST_TIMEOUT_S", "15",
-        "seconds before a Kafka request is given up and retried", _seconds())),
-    ("database_url", Setting("PACSFLOW_DATABASE_URL", "",
-        "PostgreSQL DSN; empty: `pacsflow dev` starts an embedded PostgreSQL",
-        _url(("postgres", "postgresql")))),
-    ("redis_url", Setting("PACSFLOW_REDIS_URL", "", "Redis URL; empty: no cache",
-        _url(("redis", "rediss", "unix")))),
-    ("metadata_window_s", Setting("PACSFLOW_METADATA_WINDOW_S", "2",
-        "tumbling window length for metadata regeneration, seconds", _seconds())),
-    ("dev_broker_port", Setting("PACSFLOW_DEV_BROKER_PORT", "0",
-        "port of the broker `pacsflow dev` embeds (0: any free port)", _PORT)),
-    ("dev_postgres_port", Setting("PACSFLOW_DEV_POSTGRES_PORT", "0",
-        "port of the PostgreSQL `pacsflow dev` embeds (0: any free port)", _PORT)),
+    (
+        "http_port",
+        Setting(
+            "PACSFLOW_HTTP_PORT",
+            "8080",
+            "DICOMweb at `/dicomweb`, other tenants at `/tenants/<tenant>/dicomweb`",
+            _SERVICE_PORT,
+        ),
+    ),
+    (
+        "public_url",
+        Setting(
+            "PACSFLOW_PUBLIC_URL",
+            "",
+            "external base URL for BulkDataURIs; else from `Forwarded`/`X-Forwarded-*`",
+            _url(("http", "https")),
+        ),
+    ),
+    (
+        "kafka_bootstrap",
+        Setting(
+            "PACSFLOW_KAFKA_BOOTSTRAP",
+            "",
+            "Kafka bootstrap servers (`host:port,...`); empty: `pacsflow dev` starts an embedded broker",
+            _bootstrap,
+        ),
+    ),
+    (
+        "kafka_partitions",
+        Setting("PACSFLOW_KAFKA_PARTITIONS", "4", "partitions of each topic pacsflow creates", _int(1, 1024)),
+    ),
+    (
+        "kafka_replication",
+        Setting(
+            "PACSFLOW_KAFKA_REPLICATION",
+            "1",
+            "replication factor of each topic pacsflow creates",
+            _int(1, 16),
+        ),
+    ),
+    (
+        "kafka_session_timeout_s",
+        Setting(
+            "PACSFLOW_KAFKA_SESSION_TIMEOUT_S",
+            "",
+            "consumer group session timeout; empty: the client's default (`pacsflow dev` with its "
+            "embedded broker: 3)",
+            _seconds(allow_empty=True),
+        ),
+    ),
+    (
+        "kafka_heartbeat_interval_s",
+        Setting(
+            "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S",
+            "",
+            "consumer heartbeat interval; empty: the client's default (embedded broker: 0.5)",
+            _seconds(allow_empty=True),
+        ),
+    ),
+    (
+        "kafka_request_timeout_s",
+        Setting(
+            "PACSFLOW_KAFKA_REQUEST_TIMEOUT_S",
+            "15",
+            "seconds before a Kafka request is given up and retried",
+            _seconds(),
+        ),
+    ),
+    (
+        "database_url",
+        Setting(
+            "PACSFLOW_DATABASE_URL",
+            "",
+            "PostgreSQL DSN; empty: `pacsflow dev` starts an embedded PostgreSQL",
+            _url(("postgres", "postgresql")),
+        ),
+    ),
+    (
+        "redis_url",
+        Setting("PACSFLOW_REDIS_URL", "", "Redis URL; empty: no cache", _url(("redis", "rediss", "unix"))),
+    ),
+    (
+        "metadata_window_s",
+        Setting(
+            "PACSFLOW_METADATA_WINDOW_S",
+            "2",
+            "tumbling window length for metadata regeneration, seconds",
+            _seconds(),
+        ),
+    ),
+    (
+        "dev_broker_port",
+        Setting(
+            "PACSFLOW_DEV_BROKER_PORT",
+            "0",
+            "port of the broker `pacsflow dev` embeds (0: any free port)",
+            _PORT,
+        ),
+    ),
+    (
+        "dev_postgres_port",
+        Setting(
+            "PACSFLOW_DEV_POSTGRES_PORT",
+            "0",
+            "port of the PostgreSQL `pacsflow dev` embeds (0: any free port)",
+            _PORT,
+        ),
+    ),
 )
 
 ENV_FILE = "PACSFLOW_ENV_FILE"
@@ -294,7 +447,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         if raw == "" and name == "storage_root":
             values[name] = None  # derived below, from data_dir
             continue
-        if raw == "" and name != "node_id":
+        if raw == "":
             raw = setting.default
         try:
             values[name] = setting.parse(raw)

@@ -11,7 +11,7 @@ from pipeline.settings import Settings
 _log = log.get(__name__)
 
 
-class Worker(faust.Worker):  # type: ignore[misc]
+class Worker(faust.Worker):
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         _log.info("worker_started", agents=len(self.app.agents))

@@ -37,8 +37,11 @@ ScpFactory = Callable[..., Scp]
 def wait_for_scp(scp: Scp, timeout: float = 30) -> None:
     # Not a bare TCP probe: pynetdicom holds an association slot for a silent connection until
     # its ACSE timeout, which would skew the association-limit tests.
-    wait_for(lambda: scp.service.events("scp_listening") or not scp.service.alive(), timeout,
-             "`pacsflow scp` to listen")
+    wait_for(
+        lambda: scp.service.events("scp_listening") or not scp.service.alive(),
+        timeout,
+        "`pacsflow scp` to listen",
+    )
     assert scp.service.alive(), f"pacsflow scp exited: {scp.service.log_path.read_text()[-2000:]}"
     assert c_echo(scp.port, check_port=False)
 

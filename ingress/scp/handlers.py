@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from structlog.contextvars import bound_contextvars
 
@@ -31,7 +32,8 @@ def _status(status: StoreStatus, comment: str | None = None) -> Dataset:
 
 
 def _called_ae(event: Event) -> str:
-    return str(event.assoc.requestor.primitive.called_ae_title).strip()
+    request = event.assoc.requestor.primitive  # the A-ASSOCIATE-RQ, set before any handler runs
+    return str(request.called_ae_title).strip() if request is not None else ""
 
 
 def handle_store(
@@ -48,14 +50,20 @@ def handle_store(
         address=str(requestor.address),
         trace_id=new_trace_id(),
     )
-    announced = str(event.request.AffectedSOPInstanceUID or "")
+    request = event.request
+    announced = str(request.AffectedSOPInstanceUID or "") if isinstance(request, C_STORE) else ""
     with bound_contextvars(tenant=source.tenant, trace_id=source.trace_id, sop_instance_uid=announced):
         try:
             receiver.receive(event.file_meta, event.encoded_dataset(include_meta=False), source)
         except PacsflowError as exc:
             status = status_for(exc)
-            _log.warning("instance_rejected", status=f"0x{status:04X}", reason=str(exc),
-                         calling_ae=source.ae_title, address=source.address)
+            _log.warning(
+                "instance_rejected",
+                status=f"0x{status:04X}",
+                reason=str(exc),
+                calling_ae=source.ae_title,
+                address=source.address,
+            )
             return _status(status, error_comment(exc))
         except Exception as exc:  # never report success on a failure we did not foresee
             _log.exception("instance_failed", calling_ae=source.ae_title)
@@ -66,12 +74,20 @@ def handle_store(
 
 def handle_accepted(event: Event) -> None:
     requestor = event.assoc.requestor
-    _log.info("association_accepted", calling_ae=str(requestor.ae_title).strip(),
-              called_ae=_called_ae(event), address=requestor.address,
-              max_pdu=requestor.maximum_length)
+    _log.info(
+        "association_accepted",
+        calling_ae=str(requestor.ae_title).strip(),
+        called_ae=_called_ae(event),
+        address=requestor.address,
+        max_pdu=requestor.maximum_length,
+    )
 
 
 def handle_closed(event: Event) -> None:
     requestor = event.assoc.requestor
-    _log.info("association_closed", calling_ae=str(requestor.ae_title).strip(),
-              address=requestor.address, aborted=event.assoc.is_aborted)
+    _log.info(
+        "association_closed",
+        calling_ae=str(requestor.ae_title).strip(),
+        address=requestor.address,
+        aborted=event.assoc.is_aborted,
+    )

@@ -8,10 +8,14 @@ store.
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
 from ingress.scp.handlers import handle_accepted, handle_closed, handle_store
 from pipeline import lifecycle, log
@@ -24,6 +28,24 @@ from pipeline.stores.files import StorageLayout
 _log = log.get(__name__)
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """Several SCP processes accept on one port (``SO_REUSEPORT``); the kernel spreads connections."""
+
+    request_queue_size = 128  # a burst of modalities connecting at once is not refused
+
+    def server_bind(self) -> None:
+        # pynetdicom's server_bind replaces socketserver's, which would honour allow_reuse_port.
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def shutdown(self) -> None:
+        # Made with make_server, not start_server: the AE does not list it, so skip pynetdicom's
+        # bookkeeping (AssociationServer.shutdown) and stop the serving loop and socket directly.
+        super(AssociationServer, self).shutdown()
+        self.server_close()
+
+
 def build_ae(settings: Settings) -> AE:
     """An AE accepting every storage SOP class (plus configured extras) in every transfer syntax."""
     ae = AE(ae_title=settings.scp_ae_title)
@@ -34,6 +56,7 @@ def build_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.scp_network_timeout_s
     syntaxes = [str(uid) for uid in AllTransferSyntaxes]
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, syntaxes)
     for uid in settings.scp_extra_sop_classes:
         ae.add_supported_context(uid, syntaxes)
@@ -47,27 +70,36 @@ async def serve(settings: Settings) -> None:
     outbox = Outbox.open_slot(settings.outbox_dir, "scp")
     publisher = OutboxPublisher(settings, outbox)
     receiver = InstanceReceiver(StorageLayout(settings.storage_root), outbox, settings.node_id)
-    handlers = [
-        (evt.EVT_C_STORE, handle_store,
-         [receiver, settings.scp_tenants, settings.default_tenant, publisher.notify]),
+    handlers: list[EventHandlerType] = [
+        (
+            evt.EVT_C_STORE,
+            handle_store,
+            [receiver, settings.scp_tenants, settings.default_tenant, publisher.notify],
+        ),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_RELEASED, handle_closed),
         (evt.EVT_ABORTED, handle_closed),
     ]
     address = (settings.scp_host, settings.scp_port)
     try:
-        server = build_ae(settings).start_server(address, block=False, evt_handlers=handlers)
+        server = build_ae(settings).make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
     except OSError as exc:
         outbox.close()
         raise PacsflowError(
             f"cannot listen on {settings.scp_host}:{settings.scp_port} ({exc.strerror}): stop what "
             "holds the port or set PACSFLOW_SCP_PORT"
         ) from exc
+    threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
     publishing = asyncio.create_task(publisher.run(), name="outbox-publisher")
     publishing.add_done_callback(lambda _: stop.set())  # it only ends on a bug: exit, be restarted
-    _log.info("scp_listening", host=settings.scp_host, port=settings.scp_port,
-              ae_title=settings.scp_ae_title, storage_root=str(settings.storage_root),
-              pending_events=outbox.pending())
+    _log.info(
+        "scp_listening",
+        host=settings.scp_host,
+        port=settings.scp_port,
+        ae_title=settings.scp_ae_title,
+        storage_root=str(settings.storage_root),
+        pending_events=outbox.pending(),
+    )
     lifecycle.notify_ready()
     try:
         await stop.wait()

@@ -36,8 +36,7 @@ def system_user() -> str | None:
     try:
         pwd.getpwnam(_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", _USER], check=True,
-                       capture_output=True)
+        subprocess.run(["useradd", "--system", "--no-create-home", _USER], check=True, capture_output=True)
     return _USER
 
 
@@ -61,9 +60,22 @@ def initialise(pgdata: Path, user: str | None) -> None:
         os.chown(pgdata, entry.pw_uid, entry.pw_gid)
         pgdata.chmod(0o700)
     result = subprocess.run(
-        [str(_bin() / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres",
-         "--encoding=UTF8", "--locale=C"],
-        user=user, capture_output=True, text=True, check=False,
+        [
+            str(_bin() / "initdb"),
+            "-D",
+            str(pgdata),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--locale=C",
+        ],
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise ChildFailed(f"initdb {pgdata} failed: {result.stderr.strip()}")
@@ -71,8 +83,19 @@ def initialise(pgdata: Path, user: str | None) -> None:
 
 def argv(pgdata: Path, port: int) -> list[str]:
     return [
-        str(_bin() / "postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",
-        "-c", "unix_socket_directories=", "-c", "fsync=on", "-c", "logging_collector=off",
+        str(_bin() / "postgres"),
+        "-D",
+        str(pgdata),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "fsync=on",
+        "-c",
+        "logging_collector=off",
     ]
 
 

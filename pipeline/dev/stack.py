@@ -42,11 +42,16 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Settings]:
         env.setdefault("PACSFLOW_KAFKA_SESSION_TIMEOUT_S", "3")
         env.setdefault("PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S", "0.5")
         effective = dataclasses.replace(effective, kafka_bootstrap=bootstrap)
-        specs.append(ChildSpec(
-            "broker", broker.argv(port), {**env, "RUST_LOG": "warn"},
-            probe=lambda: broker.answers(bootstrap),
-            stop_signal=signal.SIGTERM, stop_timeout_s=5,
-        ))
+        specs.append(
+            ChildSpec(
+                "broker",
+                broker.argv(port),
+                {**env, "RUST_LOG": "warn"},
+                probe=lambda: broker.answers(bootstrap),
+                stop_signal=signal.SIGTERM,
+                stop_timeout_s=5,
+            )
+        )
     if not settings.database_url:
         port = settings.dev_postgres_port or free_port()
         pgdata = settings.data_dir / "postgres"
@@ -54,15 +59,20 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Settings]:
         postgres.initialise(pgdata, user)
         env["PACSFLOW_DATABASE_URL"] = postgres.dsn(port)
         effective = dataclasses.replace(effective, database_url=postgres.dsn(port))
-        specs.append(ChildSpec(
-            "postgres", postgres.argv(pgdata, port), env, probe=lambda: postgres.answers(port),
-            user=user, stop_signal=signal.SIGINT,  # SIGINT: PostgreSQL's fast shutdown
-        ))
+        specs.append(
+            ChildSpec(
+                "postgres",
+                postgres.argv(pgdata, port),
+                env,
+                probe=lambda: postgres.answers(port),
+                user=user,
+                stop_signal=signal.SIGINT,  # SIGINT: PostgreSQL's fast shutdown
+            )
+        )
     # Topics exist before anything publishes. With an external Kafka, and after a broker restart,
     # the outbox creates them at its (re)connection.
     created_topics = lambda: topics.ensure_topics(effective)  # noqa: E731
-    specs = [dataclasses.replace(s, after_ready=created_topics) if s.name == "broker" else s
-             for s in specs]
+    specs = [dataclasses.replace(s, after_ready=created_topics) if s.name == "broker" else s for s in specs]
     specs += [_service("scp", env), _service("worker", env), _service("web", env)]
     return specs, effective
 
@@ -71,18 +81,20 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
     base = f"http://127.0.0.1:{settings.http_port}"
     broker_note = " (embedded Tansu, memory only)" if embedded_broker else ""
     db_note = " (embedded)" if embedded_db else ""
-    return "\n".join([
-        "",
-        "pacsflow is running",
-        f"  DICOM (C-STORE, C-ECHO)  127.0.0.1:{settings.scp_port}  AE title {settings.scp_ae_title}",
-        f"  DICOMweb                 {base}/dicomweb",
-        f"  health                   {base}/health",
-        f"  storage root             {settings.storage_root}",
-        f"  Kafka                    {settings.kafka_bootstrap}{broker_note}",
-        f"  PostgreSQL               {settings.database_url}{db_note}",
-        "  stop                     Ctrl-C (or SIGTERM to this process)",
-        "",
-    ])
+    return "\n".join(
+        [
+            "",
+            "pacsflow is running",
+            f"  DICOM (C-STORE, C-ECHO)  127.0.0.1:{settings.scp_port}  AE title {settings.scp_ae_title}",
+            f"  DICOMweb                 {base}/dicomweb",
+            f"  health                   {base}/health",
+            f"  storage root             {settings.storage_root}",
+            f"  Kafka                    {settings.kafka_bootstrap}{broker_note}",
+            f"  PostgreSQL               {settings.database_url}{db_note}",
+            "  stop                     Ctrl-C (or SIGTERM to this process)",
+            "",
+        ]
+    )
 
 
 async def run(settings: Settings) -> None:

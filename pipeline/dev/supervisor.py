@@ -14,11 +14,12 @@ import ctypes
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipeline import log
+from pipeline import lifecycle, log
 from pipeline.errors import ChildFailed
 from pipeline.lifecycle import NOTIFY_SOCKET
 
@@ -102,7 +103,10 @@ class Supervisor:
         child.process = await asyncio.create_subprocess_exec(
             *spec.argv,
             env=env,
+            # The group too: with root's group, folders' group bits would decide access.
             user=spec.user,
+            group=spec.user,
+            extra_groups=[] if spec.user else None,
             process_group=0,
             preexec_fn=_die_with_parent(spec.stop_signal),
         )
@@ -127,8 +131,12 @@ class Supervisor:
             await asyncio.sleep(0.1)
         if spec.after_ready is not None:
             await spec.after_ready()
-        _log.info("child_ready", child=spec.name, pid=child.process.pid,
-                  s=round(time.monotonic() - child.started_at, 2))
+        _log.info(
+            "child_ready",
+            child=spec.name,
+            pid=child.process.pid,
+            s=round(time.monotonic() - child.started_at, 2),
+        )
 
     async def _is_ready(self, child: _Child) -> bool:
         if child.spec.probe is None:
@@ -141,9 +149,7 @@ class Supervisor:
         try:
             while not stop.is_set():
                 exits = {
-                    asyncio.create_task(c.process.wait()): c
-                    for c in self._children
-                    if c.process is not None
+                    asyncio.create_task(c.process.wait()): c for c in self._children if c.process is not None
                 }
                 done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
                 for task in exits:
@@ -160,8 +166,13 @@ class Supervisor:
         ran_s = time.monotonic() - child.started_at
         child.failures = 1 if ran_s > 60 else child.failures + 1
         delay = min(30.0, 0.5 * 2 ** (child.failures - 1))
-        _log.warning("child_exited", child=child.spec.name, status=child.process.returncode,
-                     ran_s=round(ran_s, 1), restart_in_s=delay)
+        _log.warning(
+            "child_exited",
+            child=child.spec.name,
+            status=child.process.returncode,
+            ran_s=round(ran_s, 1),
+            restart_in_s=delay,
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
         if stop.is_set():
@@ -192,3 +203,15 @@ class Supervisor:
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
         _log.info("child_stopped", child=child.spec.name, status=process.returncode)
+
+
+async def run_replicas(command: str, count: int, env: Mapping[str, str], count_variable: str) -> None:
+    """Run ``count`` copies of ``pacsflow <command>`` (each told to be one, by ``count_variable``),
+    ready when all are, restarting any that dies: how one service uses more than one core."""
+    stop = lifecycle.stop_on_signals()
+    child_env = {**env, count_variable: "1"}
+    specs = [
+        ChildSpec(f"{command}-{n}", [sys.executable, "-m", "pipeline", command], child_env)
+        for n in range(count)
+    ]
+    await Supervisor(specs).run(stop, lifecycle.notify_ready)

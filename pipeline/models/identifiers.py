@@ -40,9 +40,7 @@ class TenantId(str):
     def __new__(cls, value: object) -> TenantId:
         text = value if isinstance(value, str) else str(value)
         if not _TENANT.match(text):
-            raise InvalidIdentifier(
-                f"tenant is not valid: {text[:80]!r} (1-64 letters, digits, '_' or '-')"
-            )
+            raise InvalidIdentifier(f"tenant is not valid: {text[:80]!r} (1-64 letters, digits, '_' or '-')")
         return super().__new__(cls, text)
 
 

@@ -9,6 +9,7 @@ Only validated identifiers (``TenantId``, ``Uid``) are joined into a path.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import uuid
@@ -102,12 +103,10 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, path)
+        temp.replace(path)
         _fsync_dir(directory)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):  # the original error is the one to report
             temp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the original error is the one to report
         raise _error(path, exc) from exc
     return size

@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.dcmtk]
 
 def _twenty_instances(tmp_path: Path) -> tuple[list, list[Path]]:
     run = uuid.uuid4().int % 10**12
-    datasets = (dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 12)
-                + dicomdata.mr_series(uid(run, 2), uid(run, 2, 1), 8, rows=32, columns=32))
+    datasets = dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 12) + dicomdata.mr_series(
+        uid(run, 2), uid(run, 2, 1), 8, rows=32, columns=32
+    )
     return datasets, dicomdata.write_all(datasets, tmp_path / "send")
 
 
@@ -30,8 +31,9 @@ def _assert_all_published_in_order(broker: Broker, datasets: list) -> None:
     assert {json.loads(r.value)["SopInstanceUID"] for r in records} == sops, "an event was lost"
     for study in {ds.StudyInstanceUID for ds in datasets}:
         sent = [ds.SOPInstanceUID for ds in datasets if ds.StudyInstanceUID == study]
-        mine = sorted((r for r in records if json.loads(r.value)["StudyInstanceUID"] == study),
-                      key=lambda r: r.offset)
+        mine = sorted(
+            (r for r in records if json.loads(r.value)["StudyInstanceUID"] == study), key=lambda r: r.offset
+        )
         assert len({r.partition for r in mine}) == 1
         published = list(dict.fromkeys(json.loads(r.value)["SopInstanceUID"] for r in mine))
         assert published == sent, "events of a study must be published in the order stored"
@@ -96,8 +98,11 @@ def test_events_spooled_before_a_restart_are_published_after_it(
         scp.service.process.wait()
         broker.start()
         scp.service.start()
-        wait_for(lambda: scp.service.events("scp_stopped") or len(scp.service.events("scp_listening")) > 1,
-                 30, "the SCP to start again")
+        wait_for(
+            lambda: scp.service.events("scp_stopped") or len(scp.service.events("scp_listening")) > 1,
+            30,
+            "the SCP to start again",
+        )
         _assert_all_published_in_order(broker, datasets)
     finally:
         broker.stop()

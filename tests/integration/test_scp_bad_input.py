@@ -35,8 +35,13 @@ def assert_still_serving(scp: Scp) -> None:
     assert c_echo(scp.port)
     good = fresh()
     assert store_one(scp.port, good, ExplicitVRLittleEndian).Status == 0x0000
-    path = (scp.storage_root / "default" / good.StudyInstanceUID / good.SeriesInstanceUID
-            / f"{good.SOPInstanceUID}.dcm")
+    path = (
+        scp.storage_root
+        / "default"
+        / good.StudyInstanceUID
+        / good.SeriesInstanceUID
+        / f"{good.SOPInstanceUID}.dcm"
+    )
     assert path.is_file()
 
 
@@ -50,8 +55,9 @@ def assert_still_serving(scp: Scp) -> None:
         ("SOPInstanceUID", "../../evil"),
     ],
 )
-def test_invalid_and_path_traversal_uids_are_refused(scp: Scp, tmp_path: Path, attribute: str,
-                                                     value: str) -> None:
+def test_invalid_and_path_traversal_uids_are_refused(
+    scp: Scp, tmp_path: Path, attribute: str, value: str
+) -> None:
     ds = fresh()
     with dicomdata.lenient_writing():
         delattr(ds, attribute)  # a new element takes the lenient validation mode
@@ -78,8 +84,10 @@ def test_missing_sop_instance_uid_is_refused(scp: Scp, tmp_path: Path) -> None:
 
 def test_unknown_sop_class_context_is_rejected_at_negotiation(scp: Scp) -> None:
     ae = AE(ae_title="PYSCU")
-    ae.requested_contexts = [build_context("1.2.3.4.5.6.7.8.9", [ExplicitVRLittleEndian]),
-                             build_context(CTImageStorage, [ExplicitVRLittleEndian])]
+    ae.requested_contexts = [
+        build_context("1.2.3.4.5.6.7.8.9", [ExplicitVRLittleEndian]),
+        build_context(CTImageStorage, [ExplicitVRLittleEndian]),
+    ]
     assoc = ae.associate("127.0.0.1", scp.port, ae_title="PACSFLOW")
     assert assoc.is_established
     try:
@@ -103,8 +111,15 @@ def test_dataset_of_another_sop_class_than_negotiated_is_refused(scp: Scp, tmp_p
     assert_still_serving(scp)
 
 
-@pytest.mark.parametrize(("syntax", "cut"), [(ExplicitVRLittleEndian, 100), (ExplicitVRLittleEndian, 5000),
-                                             (JPEGBaseline8Bit, 9), (JPEGBaseline8Bit, 3000)])
+@pytest.mark.parametrize(
+    ("syntax", "cut"),
+    [
+        (ExplicitVRLittleEndian, 100),
+        (ExplicitVRLittleEndian, 5000),
+        (JPEGBaseline8Bit, 9),
+        (JPEGBaseline8Bit, 3000),
+    ],
+)
 def test_truncated_dataset_is_refused(scp: Scp, tmp_path: Path, syntax: str, cut: int) -> None:
     ds = fresh(transfer_syntax=syntax)
     whole = dicomdata.encode(ds)
@@ -122,8 +137,12 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
     require(os.geteuid() == 0, "root, to mount a 1 MiB tmpfs for the disk-full test")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     require(result.returncode == 0, f"mount -t tmpfs (said: {result.stderr.strip()})")
     try:
         yield mount_point
@@ -132,8 +151,9 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.tmpfs
-def test_disk_full_gets_out_of_resources_and_leaves_nothing(start_scp: ScpFactory, broker: Broker,
-                                                            tiny_tmpfs: Path) -> None:
+def test_disk_full_gets_out_of_resources_and_leaves_nothing(
+    start_scp: ScpFactory, broker: Broker, tiny_tmpfs: Path
+) -> None:
     scp = start_scp(broker.bootstrap, storage_root=str(tiny_tmpfs))
     big = fresh(rows=1024, columns=1024)  # 2 MiB of pixels: cannot fit in 1 MiB
     status = store_one(scp.port, big, ExplicitVRLittleEndian)

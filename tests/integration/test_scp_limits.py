@@ -32,7 +32,7 @@ def _established(port: int) -> object:
 
 
 def test_associations_beyond_the_maximum_are_rejected(start_scp: ScpFactory, broker: Broker) -> None:
-    scp = start_scp(broker.bootstrap, scp_max_associations="2")
+    scp = start_scp(broker.bootstrap, scp_max_associations="2", scp_processes="1")
     first, second = _established(scp.port), _established(scp.port)
     try:
         assert first.is_established and second.is_established
@@ -66,8 +66,9 @@ def test_a_silent_connection_is_closed_after_the_timeout(start_scp: ScpFactory, 
         assert time.monotonic() - started < 8
 
 
-def test_an_idle_association_is_aborted_after_the_network_timeout(start_scp: ScpFactory,
-                                                                  broker: Broker) -> None:
+def test_an_idle_association_is_aborted_after_the_network_timeout(
+    start_scp: ScpFactory, broker: Broker
+) -> None:
     scp = start_scp(broker.bootstrap, scp_network_timeout_s="1")
     assoc = _associate(scp.port)
     assert assoc.is_established

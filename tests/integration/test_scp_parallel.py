@@ -27,9 +27,23 @@ def test_four_parallel_storescu_store_200_instances(scp: Scp, broker: Broker, tm
         batches.append((datasets, dicomdata.write_all(datasets, tmp_path / f"batch{n}")))
 
     senders = [
-        subprocess.Popen([str(DCMTK / "storescu"), "-aet", f"MOD{n}", "-aec", "PACSFLOW", "-to", "30",
-                          "127.0.0.1", str(scp.port), *map(str, files)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                str(DCMTK / "storescu"),
+                "-aet",
+                f"MOD{n}",
+                "-aec",
+                "PACSFLOW",
+                "-to",
+                "30",
+                "127.0.0.1",
+                str(scp.port),
+                *map(str, files),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n, (_, files) in enumerate(batches)
     ]
     outputs = [sender.communicate(timeout=240) for sender in senders]

@@ -58,8 +58,10 @@ def test_storescu_ct_and_mr_series_land_at_the_seed_path_with_exact_events(
 
     storage = broker.read("storage_queue", len(sent), where=lambda v: v["SopInstanceUID"] in sent)
     assert len(storage) == len(sent), "one storage event per instance, no more, no less"
-    objects = {json.loads(r.value)["sop_uid"]: json.loads(r.value)
-               for r in broker.read("log_queue", len(sent), where=lambda v: v["sop_uid"] in sent)}
+    objects = {
+        json.loads(r.value)["sop_uid"]: json.loads(r.value)
+        for r in broker.read("log_queue", len(sent), where=lambda v: v["sop_uid"] in sent)
+    }
     assert set(objects) == set(sent)
 
     for record in storage:
@@ -90,7 +92,8 @@ def test_storescu_ct_and_mr_series_land_at_the_seed_path_with_exact_events(
         meta = objects[ds.SOPInstanceUID]
         created = meta.pop("created_time")
         assert datetime.strptime(created, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) >= before.replace(
-            microsecond=0) - timedelta(seconds=1)
+            microsecond=0
+        ) - timedelta(seconds=1)
         assert meta == {
             "trace_id": trace_id,
             "worker_node_id": scp.node_id,
@@ -117,8 +120,10 @@ def test_storescu_ct_and_mr_series_land_at_the_seed_path_with_exact_events(
     for study in (ct_study, mr_study):
         mine = [r for r in storage if json.loads(r.value)["StudyInstanceUID"] == study]
         assert len({r.partition for r in mine}) == 1
-        numbers = [int(json.loads(r.value)["SopInstanceUID"].rsplit(".", 1)[1])
-                   for r in sorted(mine, key=lambda r: r.offset)]
+        numbers = [
+            int(json.loads(r.value)["SopInstanceUID"].rsplit(".", 1)[1])
+            for r in sorted(mine, key=lambda r: r.offset)
+        ]
         assert numbers == sorted(numbers)
 
 
@@ -127,8 +132,11 @@ def test_every_line_about_an_instance_names_tenant_trace_and_sop(scp: Scp, tmp_p
     run = uuid.uuid4().int % 10**12
     datasets = dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 3)
     assert storescu(scp.port, dicomdata.write_all(datasets, tmp_path)).returncode == 0
-    lines = [line for line in scp.service.events("instance_stored")
-             if line.get("sop_instance_uid") in {ds.SOPInstanceUID for ds in datasets}]
+    lines = [
+        line
+        for line in scp.service.events("instance_stored")
+        if line.get("sop_instance_uid") in {ds.SOPInstanceUID for ds in datasets}
+    ]
     assert len(lines) == 3
     for line in lines:
         assert line["tenant"] == "default"
@@ -164,8 +172,12 @@ def test_called_ae_title_selects_the_tenant(start_scp: ScpFactory, broker: Broke
     assert storescu(scp.port, [path], called="ELSEWHERE").returncode == 0
 
     for tenant in ("hospital_a", "default"):
-        assert stored_path(scp, tenant, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID).is_file()
+        assert stored_path(
+            scp, tenant, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        ).is_file()
     assert not (scp.storage_root / "hospital_b").exists()
-    tenants = sorted(json.loads(r.value)["TenantID"] for r in broker.read(
-        "storage_queue", 2, where=lambda v: v["SopInstanceUID"] == ds.SOPInstanceUID))
+    tenants = sorted(
+        json.loads(r.value)["TenantID"]
+        for r in broker.read("storage_queue", 2, where=lambda v: v["SopInstanceUID"] == ds.SOPInstanceUID)
+    )
     assert tenants == ["default", "hospital_a"]

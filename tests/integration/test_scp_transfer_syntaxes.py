@@ -33,10 +33,21 @@ from tests.support.dimse import store_one
 pytestmark = pytest.mark.broker
 
 SYNTAXES = [
-    ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
-    JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
-    HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
 ]
 
 
@@ -49,8 +60,9 @@ def test_stored_as_received(scp: Scp, tmp_path: Path, syntax: str) -> None:
     status = store_one(scp.port, source, syntax)
 
     assert status.Status == 0x0000
-    stored = (scp.storage_root / "default" / ds.StudyInstanceUID / ds.SeriesInstanceUID
-              / f"{ds.SOPInstanceUID}.dcm")
+    stored = (
+        scp.storage_root / "default" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    )
     assert dataset_bytes(stored) == dataset_bytes(source)
     meta = dcmread(stored, stop_before_pixels=True).file_meta
     assert meta.TransferSyntaxUID == syntax

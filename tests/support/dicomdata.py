@@ -102,7 +102,7 @@ def image(
     if UID(transfer_syntax).is_compressed:
         frame_size = rows * columns * 2
         # Storage keeps bytes as received: fragments need not decode, only be well-formed.
-        ds.PixelData = encapsulate([raw[i * frame_size:(i + 1) * frame_size] for i in range(frames)])
+        ds.PixelData = encapsulate([raw[i * frame_size : (i + 1) * frame_size] for i in range(frames)])
         ds["PixelData"].VR = "OB"
     else:
         ds.PixelData = raw
@@ -112,8 +112,16 @@ def image(
 
 def series(spec: SeriesSpec, sop_class: str = CTImageStorage, **kwargs: object) -> list[Dataset]:
     return [
-        image(sop_class, spec.study_uid, spec.series_uid, f"{spec.series_uid}.{n}", n,
-              patient_id=spec.patient_id, modality=spec.modality, **kwargs)  # type: ignore[arg-type]
+        image(
+            sop_class,
+            spec.study_uid,
+            spec.series_uid,
+            f"{spec.series_uid}.{n}",
+            n,
+            patient_id=spec.patient_id,
+            modality=spec.modality,
+            **kwargs,
+        )  # type: ignore[arg-type]
         for n in range(1, spec.count + 1)
     ]
 
@@ -165,7 +173,7 @@ def dataset_offset(data: bytes) -> int:
 
 def dataset_bytes(path: Path) -> bytes:
     data = path.read_bytes()
-    return data[dataset_offset(data):]
+    return data[dataset_offset(data) :]
 
 
 def read(path: Path) -> Dataset:

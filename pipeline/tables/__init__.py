@@ -1,0 +1,1 @@
+"""Faust tables: the worker's private state (tumbling windows)."""

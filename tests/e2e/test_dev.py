@@ -1,0 +1,197 @@
+"""`pacsflow dev` as a user runs it: one command, real children, real peers, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline import topics
+from tests.support import dicomdata
+from tests.support.dicomdata import dataset_bytes, uid
+from tests.support.dimse import c_echo, echoscu, require_dcmtk, storescu
+from tests.support.services import free_port, read_topic, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.dcmtk]
+
+
+@dataclass
+class Dev:
+    process: subprocess.Popen[bytes]
+    output: Path
+    scp_port: int
+    http_port: int
+    data_dir: Path
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def events(self, name: str, service: str | None = "dev") -> list[dict[str, object]]:
+        """Log lines of one event; by default those of `pacsflow dev` itself, not of its children."""
+        found = []
+        for line in self.text().splitlines():
+            if line.startswith("{") and f'"{name}"' in line:
+                record = json.loads(line)
+                if record.get("event") == name and service in (None, record.get("service")):
+                    found.append(record)
+        return found
+
+    def bootstrap(self) -> str:
+        match = re.search(r"Kafka\s+(\S+)", self.text())
+        assert match, "the banner names the Kafka bootstrap"
+        return match.group(1)
+
+    def child_pids(self, service: str | None = "dev") -> dict[str, int]:
+        """The latest pid of each child (``service=None``: grandchildren too, e.g. SCP replicas)."""
+        started = self.events("child_started", service)
+        return {f"{e['service']}/{e['child']}": int(e["pid"]) for e in started}  # type: ignore[call-overload]
+
+
+def start_dev(data_dir: Path, output: Path, scp_port: int, http_port: int) -> Dev:
+    env = {
+        **os.environ,
+        "PACSFLOW_DATA_DIR": str(data_dir),
+        "PACSFLOW_SCP_PORT": str(scp_port),
+        "PACSFLOW_HTTP_PORT": str(http_port),
+        "PACSFLOW_LOG_FORMAT": "json",
+    }
+    for name in ("PACSFLOW_KAFKA_BOOTSTRAP", "PACSFLOW_DATABASE_URL", "NOTIFY_SOCKET"):
+        env.pop(name, None)
+    with output.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "dev"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    dev = Dev(process, output, scp_port, http_port, data_dir)
+    wait_for(
+        lambda: dev.text().count("pacsflow is running") or process.poll() is not None,
+        120,
+        "pacsflow dev to print its endpoints",
+    )
+    assert process.poll() is None, dev.text()[-3000:]
+    return dev
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purpose.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][:1] != "Z"
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    require_dcmtk()
+    running = start_dev(tmp_path / "var", tmp_path / "dev.log", free_port(), free_port())
+    yield running
+    if running.process.poll() is None:
+        os.killpg(running.process.pid, signal.SIGKILL)
+        running.process.wait()
+
+
+def test_dev_brings_everything_up_stores_heals_and_stops_in_reverse(dev: Dev, tmp_path: Path) -> None:
+    banner = dev.text()
+    assert f"127.0.0.1:{dev.scp_port}  AE title PACSFLOW" in banner
+    assert f"http://127.0.0.1:{dev.http_port}/dicomweb" in banner
+    assert str(dev.data_dir / "storage") in banner
+    assert "Ctrl-C" in banner
+    started = [e["child"] for e in dev.events("child_ready")]
+    assert started == ["broker", "postgres", "scp", "worker", "web"]
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{dev.http_port}/health", timeout=5) as response:
+        assert response.status == 200
+        assert json.load(response)["status"] == "ok"
+
+    assert echoscu(dev.scp_port).returncode == 0
+    run = uuid.uuid4().int % 10**12
+    ds = dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 1)[0]
+    source = dicomdata.write(ds, tmp_path / "one.dcm")
+    result = storescu(dev.scp_port, [source])
+    assert result.returncode == 0, result.stderr
+    stored = (
+        dev.data_dir
+        / "storage"
+        / "default"
+        / ds.StudyInstanceUID
+        / ds.SeriesInstanceUID
+        / f"{ds.SOPInstanceUID}.dcm"
+    )
+    assert dataset_bytes(stored) == dataset_bytes(source)
+
+    records = asyncio.run(read_topic(dev.bootstrap(), topics.STORAGE_QUEUE, 1, 30))
+    assert [json.loads(r.value)["SopInstanceUID"] for r in records] == [ds.SOPInstanceUID]
+    partitions = asyncio.run(_partitions(dev.bootstrap()))
+    assert partitions == {name: 4 for name in topics.ALL}
+
+    # A child killed outright is restarted by the supervisor.
+    scp_pid = dev.child_pids()["dev/scp"]
+    os.kill(scp_pid, signal.SIGKILL)
+    wait_for(lambda: dev.events("child_restarted"), 30, "the SCP to be restarted")
+    assert dev.child_pids()["dev/scp"] != scp_pid
+    wait_for(lambda: c_echo(dev.scp_port), 20, "the restarted SCP to answer")
+    again = dicomdata.write(dicomdata.ct_series(uid(run, 2), uid(run, 2, 1), 1)[0], tmp_path / "two.dcm")
+    assert storescu(dev.scp_port, [again]).returncode == 0
+
+    # Ctrl-C: children stop in reverse order, nothing is left running.
+    pids = dev.child_pids(service=None)
+    dev.process.send_signal(signal.SIGINT)
+    assert dev.process.wait(60) == 0
+    stopping = [e["child"] for e in dev.events("child_stopping")]
+    assert stopping == ["web", "worker", "scp", "postgres", "broker"]
+    assert not [name for name, pid in pids.items() if alive(pid)]
+
+
+def test_data_is_kept_across_restarts_and_no_child_outlives_a_killed_supervisor(tmp_path: Path) -> None:
+    require_dcmtk()
+    data_dir, scp_port, http_port = tmp_path / "var", free_port(), free_port()
+    first = start_dev(data_dir, tmp_path / "first.log", scp_port, http_port)
+    run = uuid.uuid4().int % 10**12
+    source = dicomdata.write(dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 1)[0], tmp_path / "a.dcm")
+    assert storescu(scp_port, [source]).returncode == 0
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(60) == 0
+
+    second = start_dev(data_dir, tmp_path / "second.log", scp_port, http_port)
+    try:
+        assert "initdb" not in second.text()
+        assert len([p for p in (data_dir / "storage").rglob("*.dcm")]) == 1
+        pids = second.child_pids(service=None)
+        second.process.kill()  # no chance to stop its children: they must not outlive it
+        second.process.wait()
+        wait_for(
+            lambda: not [n for n, pid in pids.items() if alive(pid)],
+            20,
+            f"children {pids} to exit after their supervisor was killed",
+        )
+    finally:
+        if second.process.poll() is None:
+            os.killpg(second.process.pid, signal.SIGKILL)
+
+
+async def _partitions(bootstrap: str) -> dict[str, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics.ALL))
+        return {d["topic"]: len(d["partitions"]) for d in described}
+    finally:
+        await admin.close()

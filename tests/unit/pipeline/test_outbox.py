@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.outbox import Message, Outbox
+
+
+def messages(n: int, start: int = 0) -> list[Message]:
+    return [Message("storage_queue", b"k", f"v{i}".encode()) for i in range(start, start + n)]
+
+
+def test_append_peek_ack_in_order(tmp_path: Path) -> None:
+    outbox = Outbox.open_slot(tmp_path, "scp")
+    outbox.append(messages(3))
+    outbox.append(messages(2, start=3))
+    rows = outbox.peek(4)
+    assert [m.value for _, m in rows] == [b"v0", b"v1", b"v2", b"v3"]
+    outbox.ack(rows[1][0])
+    assert [m.value for _, m in outbox.peek(10)] == [b"v2", b"v3", b"v4"]
+    assert outbox.pending() == 3
+    outbox.close()
+
+
+def test_spooled_messages_survive_reopening(tmp_path: Path) -> None:
+    outbox = Outbox.open_slot(tmp_path, "scp")
+    outbox.append(messages(5))
+    outbox.close()
+    again = Outbox.open_slot(tmp_path, "scp")
+    assert again.path == outbox.path, "a restarted process finds its own outbox"
+    assert [m.value for _, m in again.peek(10)] == [f"v{i}".encode() for i in range(5)]
+    again.close()
+
+
+def test_a_live_outbox_is_never_shared(tmp_path: Path) -> None:
+    first = Outbox.open_slot(tmp_path, "scp")
+    second = Outbox.open_slot(tmp_path, "scp")
+    assert first.path != second.path
+    assert list(Outbox.orphans(tmp_path, keep=first.path)) == []
+    first.close()
+    second.close()
+
+
+def test_orphans_are_the_unlocked_outboxes(tmp_path: Path) -> None:
+    mine = Outbox.open_slot(tmp_path, "scp")
+    gone = Outbox.open_slot(tmp_path, "scp")
+    gone.append(messages(2))
+    gone.close()  # its process ended
+    orphans = list(Outbox.orphans(tmp_path, keep=mine.path))
+    assert [o.path for o in orphans] == [gone.path]
+    assert orphans[0].pending() == 2
+    orphans[0].close(remove=True)
+    assert not gone.path.exists()
+    mine.close()

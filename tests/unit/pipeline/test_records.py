@@ -1,0 +1,81 @@
+"""Records serialise to exactly the columns the Routine Load jobs read."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.models import DicomObjectMeta, StorageEvent
+from pipeline.models.formats import doris_date, doris_datetime, uid_hash
+
+ROOT = Path(__file__).resolve().parents[3]
+SEED_MESSAGE_BODY = [
+    "TransferSyntax",
+    "SopInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "FileName",
+    "FileSize",
+    "FilePath",
+]
+
+
+def routine_load_columns(job: str) -> list[str]:
+    text = (ROOT / "doris" / "routine_load" / "jobs" / f"{job}.sql").read_text()
+    body = re.search(r"COLUMNS\s*\((.*?)\)\s*PROPERTIES", text, re.S)
+    assert body, f"no COLUMNS list in {job}.sql"
+    columns = [c.split("=")[0].strip().strip("`") for c in body.group(1).split(",")]
+    return [c for c in columns if c]
+
+
+def test_dicom_object_meta_is_the_log_queue_job_columns() -> None:
+    assert list(DicomObjectMeta._options.fields) == routine_load_columns("log_queue")
+
+
+def test_storage_event_carries_the_seed_message_body() -> None:
+    fields = list(StorageEvent._options.fields)
+    assert fields[: len(SEED_MESSAGE_BODY)] == SEED_MESSAGE_BODY
+    assert {"TenantID", "SopClassUID", "SourceAE", "SourceIP", "ReceivedTime", "TraceID", "NodeID"} <= set(
+        fields
+    )
+
+
+def test_records_are_flat_json_without_faust_metadata() -> None:
+    meta = DicomObjectMeta(
+        trace_id="t",
+        worker_node_id="n",
+        tenant_id="default",
+        patient_id="p",
+        study_uid="1.2",
+        series_uid="1.2.3",
+        sop_uid="1.2.3.4",
+        file_size=10,
+        file_path="a/b",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        number_of_frames=None,
+        created_time="2026-01-01 00:00:00",
+        series_uid_hash="1",
+        study_uid_hash="2",
+        accession_number=None,
+        target_ts=None,
+        study_date=None,
+        transfer_status="stored",
+        source_ip="::1",
+        source_ae="A",
+    )
+    decoded = json.loads(meta.dumps())
+    assert list(decoded) == routine_load_columns("log_queue")
+    assert "__faust" not in decoded
+
+
+def test_doris_formats() -> None:
+    assert doris_date("20260115") == "2026-01-15"
+    assert doris_date("20261315") is None
+    assert doris_date("") is None
+    assert doris_date(None) is None
+    assert doris_datetime(datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC)) == "2026-01-02 03:04:05"
+    assert len(uid_hash("1.2.840.10008")) <= 20
+    assert uid_hash("1.2.3") == uid_hash("1.2.3") != uid_hash("1.2.4")
