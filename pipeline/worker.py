@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from pipeline import lifecycle, log
@@ -12,6 +14,11 @@ _log = log.get(__name__)
 
 
 class Worker(faust.Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Faust's progress spinner writes terminal escapes into the log stream, tty or not.
+        self.spinner = None
+
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         _log.info("worker_started", agents=len(self.app.agents))

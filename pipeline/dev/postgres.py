@@ -96,6 +96,8 @@ def argv(pgdata: Path, port: int) -> list[str]:
         "fsync=on",
         "-c",
         "logging_collector=off",
+        "-c",
+        "log_checkpoints=off",  # its checkpoint chatter drowns pacsflow's lines
     ]
 
 
