@@ -6,8 +6,8 @@ from typing import Any
 
 import faust
 
-from pipeline import topics
-from pipeline.models import StorageEvent
+from pipeline.agents import index
+from pipeline.agents.database import Database
 from pipeline.settings import Settings
 
 
@@ -32,11 +32,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         **options,
     )
-    app.topic(
-        topics.STORAGE_QUEUE,
-        key_type=bytes,
-        value_type=StorageEvent,
-        key_serializer="raw",
-        partitions=settings.kafka_partitions,
-    )
+    database = Database(settings.database_url)
+    app.add_dependency(database)
+    index.register(app, settings, database)
     return app

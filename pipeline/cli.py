@@ -11,7 +11,8 @@ from pipeline import settings as settings_module
 from pipeline.errors import PacsflowError, SettingsError
 from pipeline.settings import Settings
 
-_NEEDS_KAFKA = {"scp", "worker", "topics"}
+_NEEDS_KAFKA = {"scp", "worker", "topics", "reconcile", "status"}
+_NEEDS_DATABASE = {"worker", "migrate", "reconcile"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,15 +28,24 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("worker", help="the Faust worker (agents and tables)")
     commands.add_parser("web", help="the DICOMweb server")
     commands.add_parser("topics", help="create pacsflow's Kafka topics and list them")
+    commands.add_parser("migrate", help="apply the database migrations not applied yet")
+    reconcile = commands.add_parser("reconcile", help="re-publish events of files the index lacks")
+    reconcile.add_argument("--tenant", help="only this tenant's files")
+    commands.add_parser("status", help="topic offsets, the workers' lag and the dead-letter count")
     commands.add_parser("settings", help="print the effective settings")
     return parser
 
 
-def _run(command: str, settings: Settings) -> None:
+def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
     if command in _NEEDS_KAFKA and not settings.kafka_bootstrap:
         raise SettingsError(
             "PACSFLOW_KAFKA_BOOTSTRAP is empty: set it to your Kafka brokers (host:port), "
             "or run `pacsflow dev`, which starts an embedded broker"
+        )
+    if command in _NEEDS_DATABASE and not settings.database_url:
+        raise SettingsError(
+            "PACSFLOW_DATABASE_URL is empty: set it to your PostgreSQL (postgresql://user@host/db), "
+            "or run `pacsflow dev`, which starts an embedded PostgreSQL"
         )
     if command == "scp" and settings.scp_processes > 1:
         from pipeline.dev.supervisor import run_replicas
@@ -66,6 +76,29 @@ def _run(command: str, settings: Settings) -> None:
             print("created:", ", ".join(created) or "none (all existed)")
 
         lifecycle.run(create())
+    elif command == "migrate":
+        from pipeline.stores.postgres import migrate
+
+        async def apply() -> None:
+            applied = await migrate(settings.database_url)
+            print("applied: " + ", ".join(applied) if applied else "database schema is up to date")
+
+        lifecycle.run(apply())
+    elif command == "reconcile":
+        from pipeline.reconcile import reconcile
+
+        async def check() -> None:
+            report = await reconcile(settings, args.tenant)
+            print("\n".join(report.lines()))
+
+        lifecycle.run(check())
+    elif command == "status":
+        from pipeline.status import status
+
+        async def show() -> None:
+            print("\n".join(await status(settings)))
+
+        lifecycle.run(show())
     elif command == "settings":
         for name, setting in settings_module.SETTINGS:
             print(f"{setting.env}={getattr(settings, name)}")
@@ -80,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
     log.configure(settings, args.command)
     try:
-        _run(args.command, settings)
+        _run(args.command, settings, args)
     except PacsflowError as exc:
         log.get("pacsflow").error("failed", command=args.command, error=str(exc))
         print(f"pacsflow {args.command}: {exc}", file=sys.stderr)

@@ -191,6 +191,24 @@ class OutboxPublisher:
                     pass
         await self._close_producer()
 
+    async def flush(self, timeout_s: float = 120.0) -> None:
+        """Publish everything spooled now, retrying through outages; give up after ``timeout_s``."""
+        self._loop = asyncio.get_running_loop()
+        delay = 0.25
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    try:
+                        if not await self._publish_batch(self._outbox):
+                            return
+                    except (KafkaError, OSError, TimeoutError) as exc:
+                        _log.warning("outbox_publish_failed", error=str(exc), retry_in_s=delay)
+                        await self._close_producer()
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+        finally:
+            await self._close_producer()
+
     async def _drain_orphans(self) -> None:
         for orphan in Outbox.orphans(self._outbox.path.parent, keep=self._outbox.path):
             try:

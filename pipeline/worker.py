@@ -26,6 +26,7 @@ class Worker(faust.Worker):
 
 
 def run(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only its own folder
     app = create_app(settings)
     worker = Worker(
         app,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from pipeline.stores.postgres import migrate
 from tests.support.dimse import c_echo
-from tests.support.services import Broker, Service, free_port, wait_for
+from tests.support.services import Broker, Service, free_port, require, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +85,75 @@ def start_scp(tmp_path: Path) -> Iterator[ScpFactory]:
 @pytest.fixture
 def scp(start_scp: ScpFactory, broker: Broker) -> Scp:
     return start_scp(broker.bootstrap)
+
+
+SYSTEM_POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A database of its own on the machine's PostgreSQL, migrated; dropped afterwards."""
+    name = f"pacsflow_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(SYSTEM_POSTGRES, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        require(False, f"PostgreSQL at {SYSTEM_POSTGRES} ({exc}); .ci/run starts it")
+    dsn = SYSTEM_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(migrate(dsn))
+    yield dsn
+    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def query(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    async def fetch() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+WorkerFactory = Callable[..., Service]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start `pacsflow worker` processes; each is returned once it holds partitions."""
+    started: list[Service] = []
+
+    def start(bootstrap: str, dsn: str, storage_root: Path, wait: bool = True, **env: str) -> Service:
+        index = len(started)
+        settings = {
+            "PACSFLOW_DATA_DIR": str(tmp_path / f"worker{index}"),
+            "PACSFLOW_STORAGE_ROOT": str(storage_root),
+            "PACSFLOW_KAFKA_BOOTSTRAP": bootstrap,
+            "PACSFLOW_DATABASE_URL": dsn,
+            "PACSFLOW_KAFKA_SESSION_TIMEOUT_S": "3",
+            "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
+            "PACSFLOW_NODE_ID": f"worker-{index}",
+            **{f"PACSFLOW_{k.upper()}": v for k, v in env.items()},
+        }
+        worker = Service("worker", settings, tmp_path / f"worker{index}.log").start()
+        started.append(worker)
+        if wait:
+            wait_for(
+                lambda: worker.events("partitions_assigned") or not worker.alive(),
+                60,
+                "the worker to join its group",
+            )
+            assert worker.alive(), worker.log_path.read_text()[-3000:]
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

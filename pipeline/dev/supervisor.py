@@ -34,6 +34,7 @@ class ChildSpec:
     env: Mapping[str, str]
     probe: Callable[[], Awaitable[bool]] | None = None
     """Polled until it returns True; None: the child sends READY=1 to $NOTIFY_SOCKET."""
+    before_start: Callable[[], Awaitable[object]] | None = None
     after_ready: Callable[[], Awaitable[object]] | None = None
     user: str | None = None
     stop_signal: int = signal.SIGTERM
@@ -115,6 +116,8 @@ class Supervisor:
 
     async def _start(self, child: _Child, stop: asyncio.Event) -> None:
         spec = child.spec
+        if spec.before_start is not None:
+            await spec.before_start()
         await self._spawn(child)
         assert child.process is not None
         deadline = time.monotonic() + spec.start_timeout_s

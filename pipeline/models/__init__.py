@@ -3,8 +3,17 @@
 This package imports nothing of pacsflow's but ``pipeline.errors`` (an import-linter contract).
 """
 
-from pipeline.models.doris import DicomObjectMeta
+from pipeline.models.deadletter import StorageDeadLetter
+from pipeline.models.doris import DicomImageMeta, DicomObjectMeta, DicomStateMeta
 from pipeline.models.identifiers import TenantId, Uid
 from pipeline.models.storage import StorageEvent
 
-__all__ = ["DicomObjectMeta", "StorageEvent", "TenantId", "Uid"]
+__all__ = [
+    "DicomImageMeta",
+    "DicomObjectMeta",
+    "DicomStateMeta",
+    "StorageDeadLetter",
+    "StorageEvent",
+    "TenantId",
+    "Uid",
+]

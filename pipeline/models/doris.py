@@ -33,3 +33,86 @@ class DicomObjectMeta(faust.Record, serializer="json", include_metadata=False):
     transfer_status: str
     source_ip: str
     source_ae: str
+
+
+class DicomStateMeta(faust.Record, serializer="json", include_metadata=False):
+    """One series with its patient and study (Doris ``dicom_state_meta``), on ``dicom_state_queue``.
+
+    ``updated_time`` is not here: the Routine Load job sets it (``updated_time = NOW()``).
+    """
+
+    tenant_id: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    study_uid_hash: str
+    series_uid_hash: str
+    study_date_origin: str
+    patient_name: str | None
+    patient_sex: str | None
+    patient_birth_date: str | None
+    patient_birth_time: str | None
+    patient_age: str | None
+    patient_size: float | None
+    patient_weight: float | None
+    pregnancy_status: int | None
+    study_date: str | None
+    study_time: str | None
+    accession_number: str
+    study_id: str | None
+    study_description: str | None
+    modality: str | None
+    series_number: int | None
+    series_date: str | None
+    series_time: str | None
+    series_description: str | None
+    body_part_examined: str | None
+    protocol_name: str | None
+    series_related_instances: int
+    created_time: str
+
+
+class DicomImageMeta(faust.Record, serializer="json", include_metadata=False):
+    """One instance's image attributes (Doris ``dicom_image_meta``), on ``dicom_image_queue``.
+
+    As in the seed, ``width`` holds Rows and ``columns`` Columns; ``study_date_origin`` is a DATE
+    column there, so it is ``YYYY-MM-DD`` here.
+    """
+
+    tenant_id: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    study_uid_hash: str
+    series_uid_hash: str
+    study_date_origin: str | None
+    content_date: str | None
+    content_time: str | None
+    instance_number: int | None
+    image_type: str | None
+    image_orientation_patient: str | None
+    image_position_patient: str | None
+    slice_thickness: float | None
+    spacing_between_slices: float | None
+    slice_location: float | None
+    samples_per_pixel: int | None
+    photometric_interpretation: str | None
+    width: int | None
+    columns: int | None
+    bits_allocated: int | None
+    bits_stored: int | None
+    high_bit: int | None
+    pixel_representation: int | None
+    rescale_intercept: float | None
+    rescale_slope: float | None
+    rescale_type: str | None
+    window_center: str | None
+    window_width: str | None
+    transfer_syntax_uid: str
+    pixel_data_location: str | None
+    thumbnail_location: str | None
+    sop_class_uid: str
+    image_status: str
+    space_size: int
+    created_time: str

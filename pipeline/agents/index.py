@@ -1,0 +1,271 @@
+"""The index agent: ``storage_queue`` -> PostgreSQL index, ``dicom_state_queue``, ``dicom_image_queue``.
+
+No event is ever skipped. Events are acked by hand, only after their batch is written and its
+records are on the broker; a transient failure (database or broker away) is retried with backoff,
+holding the stream; an event that can never be indexed (file missing or not DICOM, identifiers
+that do not hold) goes to ``storage_dlq`` with its reason and the stream flows on. Faust's
+``take()`` would ack a batch even when its processing was interrupted, hence our own batching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import faust
+from pydicom import dcmread
+
+from pipeline import log, topics
+from pipeline.agents.database import Database
+from pipeline.errors import PacsflowError
+from pipeline.indexing import IndexedInstance, UnindexableInstance, index_instance, state_record
+from pipeline.models import (
+    DicomImageMeta,
+    DicomStateMeta,
+    StorageDeadLetter,
+    StorageEvent,
+    TenantId,
+    Uid,
+)
+from pipeline.models.formats import iso_utc
+from pipeline.settings import Settings
+from pipeline.stores import postgres
+from pipeline.stores.files import InstanceLocation, StorageLayout
+
+_log = log.get(__name__)
+E = TypeVar("E")
+BATCH_SIZE = 200
+BATCH_WITHIN_S = 0.1
+
+
+@dataclass(frozen=True)
+class Dead:
+    event: StorageEvent | None
+    raw: bytes
+    reason: str
+
+
+async def batches(events: AsyncIterator[E], size: int, within: float) -> AsyncIterator[list[E]]:
+    """Group ``events`` into lists of at most ``size``, waiting at most ``within`` s to fill one."""
+    loop = asyncio.get_running_loop()
+    iterator = events.__aiter__()
+    waiting: asyncio.Future[E] | None = None
+    while True:
+        if waiting is None:
+            waiting = asyncio.ensure_future(anext(iterator))
+        batch = [await waiting]
+        waiting = None
+        deadline = loop.time() + within
+        while len(batch) < size:
+            waiting = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({waiting}, timeout=max(0.0, deadline - loop.time()))
+            if not done:
+                break  # keep waiting for it at the start of the next batch
+            batch.append(waiting.result())
+            waiting = None
+        yield batch
+
+
+class Indexer:
+    def __init__(self, settings: Settings, database: Database, app: faust.App) -> None:
+        self._settings = settings
+        self._database = database
+        self._app = app
+        self._layout = StorageLayout(settings.storage_root)
+        self._state = app.topic(
+            topics.DICOM_STATE_QUEUE,
+            key_type=bytes,
+            value_type=DicomStateMeta,
+            key_serializer="raw",
+            value_serializer="json",
+        )
+        self._image = app.topic(
+            topics.DICOM_IMAGE_QUEUE,
+            key_type=bytes,
+            value_type=DicomImageMeta,
+            key_serializer="raw",
+            value_serializer="json",
+        )
+        self._dlq = app.topic(
+            topics.STORAGE_DLQ,
+            key_type=bytes,
+            value_type=StorageDeadLetter,
+            key_serializer="raw",
+            value_serializer="json",
+        )
+
+    async def index_batch(self, events: Sequence[faust.EventT[bytes]]) -> None:
+        """Index one batch; return only when every event is indexed or dead-lettered."""
+        started = time.perf_counter()
+        parsed: list[tuple[StorageEvent, bytes]] = []
+        dead: list[Dead] = []
+        for event in events:
+            raw = bytes(event.value)
+            try:
+                parsed.append((StorageEvent.loads(raw, serializer="json"), raw))
+            except (ValueError, TypeError, KeyError) as exc:
+                dead.append(Dead(None, raw, f"not a StorageEvent: {exc}"))
+        indexed, unreadable = await asyncio.to_thread(self._read_all, parsed)
+        dead += unreadable
+        counts, rejected = await self._retry("database", lambda: self._write(indexed))
+        dead += rejected
+        written = [i for i in indexed if not any(d.event is i.event for d in rejected)]
+        await self._retry("broker", lambda: self._publish(written, counts, dead))
+        self._log_batch(events, len(written), len(dead), started)
+
+    def _read_all(self, parsed: Sequence[tuple[StorageEvent, bytes]]) -> tuple[list[_Indexed], list[Dead]]:
+        indexed: list[_Indexed] = []
+        dead: list[Dead] = []
+        now = datetime.now(UTC)
+        for event, raw in parsed:
+            try:
+                indexed.append(_Indexed(event, self._read(event, now)))
+            except Exception as exc:  # anything wrong with one file dead-letters that event only
+                reason = str(exc) if isinstance(exc, PacsflowError) else f"{type(exc).__name__}: {exc}"
+                dead.append(Dead(event, raw, reason))
+        return indexed, dead
+
+    def _read(self, event: StorageEvent, now: datetime) -> IndexedInstance:
+        try:
+            location = InstanceLocation(
+                TenantId(event.TenantID),
+                Uid(event.StudyInstanceUID),
+                Uid(event.SeriesInstanceUID),
+                Uid(event.SopInstanceUID),
+            )
+        except PacsflowError as exc:
+            raise UnindexableInstance(f"event: {exc}") from exc
+        if str(location.relative) != event.FilePath:
+            raise UnindexableInstance(f"FilePath {event.FilePath!r} is not where the event's UIDs say")
+        path = self._layout.instance_path(location)
+        if not path.is_file():
+            raise UnindexableInstance(f"file missing: {path}")
+        header = dcmread(path, stop_before_pixels=True)
+        return index_instance(event, header, now)
+
+    async def _write(self, batch: Sequence[_Indexed]) -> tuple[list[postgres.SeriesCount], list[Dead]]:
+        if not batch:
+            return [], []
+        pool = await self._database.pool()
+        async with pool.acquire() as conn:
+            try:
+                return await postgres.upsert_index(conn, [item.instance for item in batch]), []
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, postgres.TRANSIENT_ERRORS):
+                    raise
+            # One instance's values fail a statement: write them one by one to find it.
+            counts: list[postgres.SeriesCount] = []
+            dead: list[Dead] = []
+            for item in batch:
+                try:
+                    counts += await postgres.upsert_index(conn, [item.instance])
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, postgres.TRANSIENT_ERRORS):
+                        raise
+                    dead.append(Dead(item.event, item.event.dumps(), f"database refused it: {exc}"))
+            return counts, dead
+
+    async def _publish(
+        self, written: Sequence[_Indexed], counts: Sequence[postgres.SeriesCount], dead: Sequence[Dead]
+    ) -> None:
+        futures: list[Awaitable[Any]] = []
+        for item in written:
+            key = topics.study_key(item.instance.image.study_uid)
+            futures.append(await self._image.send(key=key, value=item.instance.image))
+        for count in counts:
+            record = state_record(count.series, count.instances, count.created)
+            futures.append(await self._state.send(key=topics.study_key(record.study_uid), value=record))
+        failed = iso_utc(datetime.now(UTC))
+        for gone in dead:
+            event = gone.event
+            key = topics.study_key(event.StudyInstanceUID) if event else b""
+            letter = StorageDeadLetter(
+                event=event,
+                raw=None if event else gone.raw.decode(errors="replace"),
+                reason=gone.reason,
+                failed_time=failed,
+                node_id=self._settings.node_id,
+            )
+            futures.append(await self._dlq.send(key=key, value=letter))
+            _log.warning(
+                "event_dead_lettered",
+                reason=gone.reason,
+                sop_instance_uid=event.SopInstanceUID if event else None,
+                tenant=event.TenantID if event else None,
+                trace_id=event.TraceID if event else None,
+            )
+        await asyncio.gather(*futures)
+
+    async def _retry(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
+        delay = 0.25
+        while True:
+            try:
+                return await operation()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # transient by now: data problems were dead-lettered
+                _log.warning(
+                    "index_retrying", waiting_for=what, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _log_batch(
+        self, events: Sequence[faust.EventT[bytes]], indexed: int, dead: int, started: float
+    ) -> None:
+        last: dict[Any, int] = {}
+        for event in events:
+            tp = event.message.tp
+            last[tp] = max(last.get(tp, -1), event.message.offset)
+        lag: dict[str, int | None] = {}  # JSON object keys are strings
+        for tp, offset in last.items():
+            try:
+                lag[str(tp.partition)] = self._app.consumer.highwater(tp) - offset - 1
+            except Exception:  # the highwater is not known yet
+                lag[str(tp.partition)] = None
+        _log.info(
+            "batch_indexed",
+            partitions=sorted(tp.partition for tp in last),
+            count=len(events),
+            indexed=indexed,
+            dead_lettered=dead,
+            lag=lag,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    event: StorageEvent
+    instance: IndexedInstance
+
+
+def register(app: faust.App, settings: Settings, database: Database) -> None:
+    """Declare the index agent on ``app``."""
+    storage = app.topic(
+        topics.STORAGE_QUEUE,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.kafka_partitions,
+    )
+    indexer = Indexer(settings, database, app)
+
+    @app.agent(storage, name="index_instance")
+    async def index_instance_agent(stream: faust.StreamT[bytes]) -> None:
+        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not on StreamT
+        async for batch in batches(manual.events(), BATCH_SIZE, BATCH_WITHIN_S):
+            await indexer.index_batch(batch)
+            for event in batch:
+                await manual.ack(event)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == topics.STORAGE_QUEUE)
+        _log.info("partitions_assigned", topic=topics.STORAGE_QUEUE, partitions=mine)
