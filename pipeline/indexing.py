@@ -86,8 +86,16 @@ class IndexedInstance:
     image: DicomImageMeta
 
 
+def _get(ds: Dataset, keyword: str) -> Any:
+    """A value, or None when it is absent or does not convert (pydicom converts on access)."""
+    try:
+        return ds.get(keyword)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     if value is None:
         return None
     text = "\\".join(str(v) for v in value) if _is_multi(value) else str(value)
@@ -100,7 +108,7 @@ def _is_multi(value: object) -> bool:
 
 
 def _number(ds: Dataset, keyword: str, kind: type[int] | type[float]) -> Any:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     if _is_multi(value):
         value = value[0] if value else None
     if value is None or str(value).strip() == "":
@@ -162,7 +170,7 @@ def index_instance(event: StorageEvent, header: Dataset, indexed: datetime) -> I
     study = _checked_uid(event.StudyInstanceUID, header.get("StudyInstanceUID"), "StudyInstanceUID")
     series = _checked_uid(event.SeriesInstanceUID, header.get("SeriesInstanceUID"), "SeriesInstanceUID")
     sop = _checked_uid(event.SopInstanceUID, header.get("SOPInstanceUID"), "SOPInstanceUID")
-    sop_class = str(header.get("SOPClassUID", "") or event.SopClassUID).strip()
+    sop_class = str(_get(header, "SOPClassUID") or event.SopClassUID).strip()
     study_date_origin = (_text(header, "StudyDate", 8) or "").strip()
     patient_id = _text(header, "PatientID", 64) or ""
     rows = _number(header, "Rows", int)
@@ -195,22 +203,22 @@ def index_instance(event: StorageEvent, header: Dataset, indexed: datetime) -> I
         series_uid_hash=uid_hash(series),
         patient_name=_text(header, "PatientName", 64),
         patient_sex=_text(header, "PatientSex", 1),
-        patient_birth_date=parse_da(header.get("PatientBirthDate")),
-        patient_birth_time=parse_tm(header.get("PatientBirthTime")),
+        patient_birth_date=parse_da(_get(header, "PatientBirthDate")),
+        patient_birth_time=parse_tm(_get(header, "PatientBirthTime")),
         patient_age=_text(header, "PatientAge", 16),
         patient_size=_number(header, "PatientSize", float),
         patient_weight=_number(header, "PatientWeight", float),
         pregnancy_status=_number(header, "PregnancyStatus", int),
         study_date=parse_da(study_date_origin),
         study_date_origin=study_date_origin,
-        study_time=parse_tm(header.get("StudyTime")),
+        study_time=parse_tm(_get(header, "StudyTime")),
         accession_number=_text(header, "AccessionNumber", 16) or "",
         study_id=_text(header, "StudyID", 16),
         study_description=_text(header, "StudyDescription", 64),
         modality=_text(header, "Modality", 16),
         series_number=_number(header, "SeriesNumber", int),
-        series_date=parse_da(header.get("SeriesDate")),
-        series_time=parse_tm(header.get("SeriesTime")),
+        series_date=parse_da(_get(header, "SeriesDate")),
+        series_time=parse_tm(_get(header, "SeriesTime")),
         series_description=_text(header, "SeriesDescription", 256),
         body_part_examined=_text(header, "BodyPartExamined", 64),
         protocol_name=_text(header, "ProtocolName", 64),

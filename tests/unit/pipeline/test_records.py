@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.models import DicomObjectMeta, StorageEvent
+from pipeline.models import DicomImageMeta, DicomObjectMeta, DicomStateMeta, StorageEvent
 from pipeline.models.formats import doris_date, doris_datetime, uid_hash
+from tests.support.doris import routine_load_columns
 
 ROOT = Path(__file__).resolve().parents[3]
 SEED_MESSAGE_BODY = [
@@ -23,16 +23,14 @@ SEED_MESSAGE_BODY = [
 ]
 
 
-def routine_load_columns(job: str) -> list[str]:
-    text = (ROOT / "doris" / "routine_load" / "jobs" / f"{job}.sql").read_text()
-    body = re.search(r"COLUMNS\s*\((.*?)\)\s*PROPERTIES", text, re.S)
-    assert body, f"no COLUMNS list in {job}.sql"
-    columns = [c.split("=")[0].strip().strip("`") for c in body.group(1).split(",")]
-    return [c for c in columns if c]
-
-
 def test_dicom_object_meta_is_the_log_queue_job_columns() -> None:
     assert list(DicomObjectMeta._options.fields) == routine_load_columns("log_queue")
+
+
+def test_state_and_image_records_are_their_jobs_columns_but_what_doris_computes() -> None:
+    assert list(DicomStateMeta._options.fields) == routine_load_columns("dicom_state_queue")
+    assert list(DicomImageMeta._options.fields) == routine_load_columns("dicom_image_queue")
+    assert routine_load_columns("dicom_state_queue", computed=True)[-1] == "updated_time"
 
 
 def test_storage_event_carries_the_seed_message_body() -> None:
