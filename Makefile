@@ -44,8 +44,9 @@ lint: install ## ruff, mypy (strict) and the import-linter contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install system-deps ## measure ingest (C-STORE, 1 and 4 associations)
+bench: install system-deps ## measure ingest (C-STORE) and indexing (1 and 2 workers, latency)
 	$(BIN)/python -m tests.bench.ingest
+	$(BIN)/python -m tests.bench.index
 
 clean: ## remove the virtual environment (keeps ./var, your data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
