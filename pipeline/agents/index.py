@@ -71,33 +71,20 @@ async def batches(events: AsyncIterator[E], size: int, within: float) -> AsyncIt
         yield batch
 
 
+def _keyed_by_study(app: faust.App, name: str, record: type[faust.Record]) -> faust.TopicT:
+    """An output topic: raw study-UID keys, flat JSON records (what Doris and operators read)."""
+    return app.topic(name, key_type=bytes, value_type=record, key_serializer="raw", value_serializer="json")
+
+
 class Indexer:
     def __init__(self, settings: Settings, database: Database, app: faust.App) -> None:
         self._settings = settings
         self._database = database
         self._app = app
         self._layout = StorageLayout(settings.storage_root)
-        self._state = app.topic(
-            topics.DICOM_STATE_QUEUE,
-            key_type=bytes,
-            value_type=DicomStateMeta,
-            key_serializer="raw",
-            value_serializer="json",
-        )
-        self._image = app.topic(
-            topics.DICOM_IMAGE_QUEUE,
-            key_type=bytes,
-            value_type=DicomImageMeta,
-            key_serializer="raw",
-            value_serializer="json",
-        )
-        self._dlq = app.topic(
-            topics.STORAGE_DLQ,
-            key_type=bytes,
-            value_type=StorageDeadLetter,
-            key_serializer="raw",
-            value_serializer="json",
-        )
+        self._state = _keyed_by_study(app, topics.DICOM_STATE_QUEUE, DicomStateMeta)
+        self._image = _keyed_by_study(app, topics.DICOM_IMAGE_QUEUE, DicomImageMeta)
+        self._dlq = _keyed_by_study(app, topics.STORAGE_DLQ, StorageDeadLetter)
 
     async def index_batch(self, events: Sequence[faust.EventT[bytes]]) -> None:
         """Index one batch; return only when every event is indexed or dead-lettered."""

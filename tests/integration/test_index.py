@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from tests.conftest import Scp, ScpFactory, WorkerFactory, query
 from tests.support import dicomdata
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
-from tests.support.services import Broker, wait_for
+from tests.support.services import Broker, pacsflow, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.dcmtk]
 
@@ -109,14 +108,7 @@ def test_a_corrupt_file_and_a_deleted_file_are_dead_lettered_and_the_rest_flows(
     assert indexed == set(stored) - {corrupt, deleted}
     assert series_counts(database) == {uid(run, 1, 1): 4}
 
-    status = subprocess.run(
-        [sys.executable, "-m", "pipeline", "status"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap},
-    )
+    status = pacsflow("status", env={"PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap})
     assert status.returncode == 0, status.stderr
     assert "storage_queue" in status.stdout
     dlq_line = next(line for line in status.stdout.splitlines() if line.startswith("dead letters"))
@@ -167,26 +159,20 @@ def test_reconcile_brings_the_index_back_after_the_broker_lost_everything(
         run = run_id()
         datasets = dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 20)
         send(scp, tmp_path, datasets)
-        wait_for(lambda: scp.service.events("outbox_connected") is not None, 5, "")
+        sops = {ds.SOPInstanceUID for ds in datasets}
+        # On the broker, not in the outbox: the broker's restart is what loses them.
+        assert len(broker.read("storage_queue", 20, where=lambda v: v["SopInstanceUID"] in sops)) == 20
         broker.stop()  # memory only: the 20 unconsumed events are gone
         broker.start()
         start_worker(broker.bootstrap, database, scp.storage_root)
         assert rows(database) == 0
         env = {
-            **os.environ,
             "PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
             "PACSFLOW_DATABASE_URL": database,
             "PACSFLOW_DATA_DIR": str(tmp_path / "reconcile"),
             "PACSFLOW_STORAGE_ROOT": str(scp.storage_root),
         }
-        result = subprocess.run(
-            [sys.executable, "-m", "pipeline", "reconcile"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = pacsflow("reconcile", env=env)
         assert result.returncode == 0, result.stderr
         assert "re-published (file not indexed): 20" in result.stdout
         wait_for(lambda: rows(database) == 20, 60, "reconciled instances to be indexed")
@@ -196,14 +182,7 @@ def test_reconcile_brings_the_index_back_after_the_broker_lost_everything(
             scp.storage_root / "default" / uid(run, 1) / uid(run, 1, 1) / f"{datasets[0].SOPInstanceUID}.dcm"
         )
         gone.unlink()
-        again = subprocess.run(
-            [sys.executable, "-m", "pipeline", "reconcile"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        again = pacsflow("reconcile", env=env)
         assert "re-published (file not indexed): 0" in again.stdout
         assert "rows whose file is gone: 1" in again.stdout
         assert datasets[0].SOPInstanceUID in again.stdout

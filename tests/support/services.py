@@ -215,3 +215,15 @@ class Service:
 
     def events(self, name: str) -> list[dict[str, object]]:
         return [line for line in self.log_lines() if line.get("event") == name]
+
+
+def pacsflow(*args: str, env: Mapping[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a `pacsflow` command as a user would, with ``env`` added to this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
