@@ -17,19 +17,23 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from tenacity import AsyncRetrying
 
 from pipeline import log
 from pipeline.errors import OutboxError, StorageFull
+from pipeline.retries import until_it_works
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
 
 _log = log.get(__name__)
+# What a broker that is down, hung or restarting looks like from here: retried, never fatal.
+_FAILURES = (KafkaError, OSError, TimeoutError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -147,6 +151,7 @@ class OutboxPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = False
+        self._orphans_checked = float("-inf")
         self.published = 0
 
     def notify(self) -> None:
@@ -157,35 +162,41 @@ class OutboxPublisher:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        backoff = 0.25
-        orphans_checked = 0.0
         while not self._stopping:
-            try:
-                if self._loop.time() - orphans_checked > 30:
-                    await self._drain_orphans()
-                    orphans_checked = self._loop.time()
-                if not await self._publish_batch(self._outbox):
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                backoff = 0.25
-            except (KafkaError, OSError, TimeoutError) as exc:
-                _log.warning(
-                    "outbox_publish_failed",
-                    error=f"{type(exc).__name__}: {exc}",
-                    pending=self._outbox.pending(),
-                    retry_in_s=backoff,
-                    bootstrap=self._settings.kafka_bootstrap,
-                )
-                await self._close_producer()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            await self._retrying()(self._attempt, self._cycle)
+
+    async def _cycle(self) -> None:
+        """Adopt orphaned outboxes now and then; publish a batch, or wait to be woken."""
+        assert self._loop is not None
+        if self._loop.time() - self._orphans_checked > 30:
+            await self._drain_orphans()
+            self._orphans_checked = self._loop.time()
+        if not await self._publish_batch(self._outbox):
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    def _retrying(self) -> AsyncRetrying:
+        return until_it_works(
+            "outbox_publish_failed",
+            _FAILURES,
+            pending=self._outbox.pending,
+            bootstrap=self._settings.kafka_bootstrap,
+        )
+
+    async def _attempt(self, operation: Callable[[], Awaitable[None]]) -> None:
+        """Run ``operation``; after a failure, the next attempt starts on a new connection."""
+        try:
+            await operation()
+        except _FAILURES:
+            await self._close_producer()
+            raise
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Publish what is pending for up to ``drain_timeout_s``; what is left stays spooled."""
         self._stopping = True
         self._wake.set()
-        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+        with contextlib.suppress(*_FAILURES):
             async with asyncio.timeout(drain_timeout_s):
                 while self._producer is not None and await self._publish_batch(self._outbox):
                     pass
@@ -194,18 +205,14 @@ class OutboxPublisher:
     async def flush(self, timeout_s: float = 120.0) -> None:
         """Publish everything spooled now, retrying through outages; give up after ``timeout_s``."""
         self._loop = asyncio.get_running_loop()
-        delay = 0.25
+
+        async def publish_all() -> None:
+            while await self._publish_batch(self._outbox):
+                pass
+
         try:
             async with asyncio.timeout(timeout_s):
-                while True:
-                    try:
-                        if not await self._publish_batch(self._outbox):
-                            return
-                    except (KafkaError, OSError, TimeoutError) as exc:
-                        _log.warning("outbox_publish_failed", error=str(exc), retry_in_s=delay)
-                        await self._close_producer()
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 5.0)
+                await self._retrying()(self._attempt, publish_all)
         finally:
             await self._close_producer()
 

@@ -91,8 +91,8 @@ SYSTEM_POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
-    """A database of its own on the machine's PostgreSQL, migrated; dropped afterwards."""
+def empty_database() -> Iterator[str]:
+    """A database of its own on the machine's PostgreSQL, with no tables; dropped afterwards."""
     name = f"pacsflow_test_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
@@ -106,10 +106,23 @@ def database() -> Iterator[str]:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as exc:
         require(False, f"PostgreSQL at {SYSTEM_POSTGRES} ({exc}); .ci/run starts it")
-    dsn = SYSTEM_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(migrate(dsn))
-    yield dsn
+    yield SYSTEM_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
     asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database(empty_database: str) -> str:
+    """A database of its own, migrated."""
+    asyncio.run(migrate(empty_database))
+    return empty_database
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own, for tests that stop, hang or restart it."""
+    running = Broker(tmp_path / "own-tansu.log").start()
+    yield running
+    running.stop()
 
 
 def query(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:

@@ -7,10 +7,8 @@ import asyncio
 import asyncpg
 import faust
 
-from pipeline import log
+from pipeline.retries import until_it_works
 from pipeline.stores.postgres import TRANSIENT_ERRORS
-
-_log = log.get(__name__)
 
 
 class Database(faust.Service):
@@ -26,14 +24,9 @@ class Database(faust.Service):
         self.add_future(self._connect())
 
     async def _connect(self) -> None:
-        delay = 0.25
-        while self._pool is None:
-            try:
+        async for attempt in until_it_works("database_unreachable", TRANSIENT_ERRORS):
+            with attempt:
                 self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4, timeout=10)
-            except TRANSIENT_ERRORS as exc:
-                _log.warning("database_unreachable", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         self._ready.set()
 
     async def pool(self) -> asyncpg.Pool:

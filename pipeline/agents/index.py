@@ -33,6 +33,7 @@ from pipeline.models import (
     Uid,
 )
 from pipeline.models.formats import iso_utc
+from pipeline.retries import until_it_works
 from pipeline.settings import Settings
 from pipeline.stores import postgres
 from pipeline.stores.files import InstanceLocation, StorageLayout
@@ -189,18 +190,10 @@ class Indexer:
         await asyncio.gather(*futures)
 
     async def _retry(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
-        delay = 0.25
-        while True:
-            try:
+        """Until it works: data problems were dead-lettered before, what fails now is transient."""
+        async for attempt in until_it_works("index_retrying", waiting_for=what):
+            with attempt:
                 return await operation()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # transient by now: data problems were dead-lettered
-                _log.warning(
-                    "index_retrying", waiting_for=what, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def _log_batch(
         self, events: Sequence[faust.EventT[bytes]], indexed: int, dead: int, started: float

@@ -150,41 +150,36 @@ def test_two_workers_split_the_partitions_and_one_takes_over(
 
 
 def test_reconcile_brings_the_index_back_after_the_broker_lost_everything(
-    start_scp: ScpFactory, database: str, start_worker: WorkerFactory, tmp_path: Path
+    start_scp: ScpFactory, own_broker: Broker, database: str, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     require_dcmtk()
-    broker = Broker(tmp_path / "tansu.log").start()
-    try:
-        scp = start_scp(broker.bootstrap)
-        run = run_id()
-        datasets = dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 20)
-        send(scp, tmp_path, datasets)
-        sops = {ds.SOPInstanceUID for ds in datasets}
-        # On the broker, not in the outbox: the broker's restart is what loses them.
-        assert len(broker.read("storage_queue", 20, where=lambda v: v["SopInstanceUID"] in sops)) == 20
-        broker.stop()  # memory only: the 20 unconsumed events are gone
-        broker.start()
-        start_worker(broker.bootstrap, database, scp.storage_root)
-        assert rows(database) == 0
-        env = {
-            "PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "PACSFLOW_DATABASE_URL": database,
-            "PACSFLOW_DATA_DIR": str(tmp_path / "reconcile"),
-            "PACSFLOW_STORAGE_ROOT": str(scp.storage_root),
-        }
-        result = pacsflow("reconcile", env=env)
-        assert result.returncode == 0, result.stderr
-        assert "re-published (file not indexed): 20" in result.stdout
-        wait_for(lambda: rows(database) == 20, 60, "reconciled instances to be indexed")
-        assert series_counts(database) == {uid(run, 1, 1): 20}
+    broker = own_broker
+    scp = start_scp(broker.bootstrap)
+    run = run_id()
+    datasets = dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 20)
+    send(scp, tmp_path, datasets)
+    sops = {ds.SOPInstanceUID for ds in datasets}
+    # On the broker, not in the outbox: the broker's restart is what loses them.
+    assert len(broker.read("storage_queue", 20, where=lambda v: v["SopInstanceUID"] in sops)) == 20
+    broker.stop()  # memory only: the 20 unconsumed events are gone
+    broker.start()
+    start_worker(broker.bootstrap, database, scp.storage_root)
+    assert rows(database) == 0
+    env = {
+        "PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "PACSFLOW_DATABASE_URL": database,
+        "PACSFLOW_DATA_DIR": str(tmp_path / "reconcile"),
+        "PACSFLOW_STORAGE_ROOT": str(scp.storage_root),
+    }
+    result = pacsflow("reconcile", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "re-published (file not indexed): 20" in result.stdout
+    wait_for(lambda: rows(database) == 20, 60, "reconciled instances to be indexed")
+    assert series_counts(database) == {uid(run, 1, 1): 20}
 
-        gone = (
-            scp.storage_root / "default" / uid(run, 1) / uid(run, 1, 1) / f"{datasets[0].SOPInstanceUID}.dcm"
-        )
-        gone.unlink()
-        again = pacsflow("reconcile", env=env)
-        assert "re-published (file not indexed): 0" in again.stdout
-        assert "rows whose file is gone: 1" in again.stdout
-        assert datasets[0].SOPInstanceUID in again.stdout
-    finally:
-        broker.stop()
+    gone = scp.storage_root / "default" / uid(run, 1) / uid(run, 1, 1) / f"{datasets[0].SOPInstanceUID}.dcm"
+    gone.unlink()
+    again = pacsflow("reconcile", env=env)
+    assert "re-published (file not indexed): 0" in again.stdout
+    assert "rows whose file is gone: 1" in again.stdout
+    assert datasets[0].SOPInstanceUID in again.stdout

@@ -42,67 +42,58 @@ def _assert_all_published_in_order(broker: Broker, datasets: list) -> None:
 
 
 def test_stores_succeed_while_the_broker_is_down_and_events_follow(
-    start_scp: ScpFactory, tmp_path: Path
+    start_scp: ScpFactory, own_broker: Broker, tmp_path: Path
 ) -> None:
     require_dcmtk()
-    broker = Broker(tmp_path / "tansu.log").start()
-    try:
-        scp = start_scp(broker.bootstrap)
-        broker.stop()  # memory storage: topics and offsets are gone with it
-        datasets, files = _twenty_instances(tmp_path)
+    broker = own_broker
+    scp = start_scp(broker.bootstrap)
+    broker.stop()  # memory storage: topics and offsets are gone with it
+    datasets, files = _twenty_instances(tmp_path)
 
-        result = storescu(scp.port, files)
+    result = storescu(scp.port, files)
 
-        assert result.returncode == 0, result.stderr
-        assert len(scp.files()) == 20
-        wait_for(lambda: scp.service.events("outbox_publish_failed"), 20, "the publisher to notice")
-        broker.start()  # same port, empty
-        _assert_all_published_in_order(broker, datasets)
-        assert broker.partitions("storage_queue") == 4, "topics are re-created with their partitions"
-        assert scp.service.alive()
-    finally:
-        broker.stop()
+    assert result.returncode == 0, result.stderr
+    assert len(scp.files()) == 20
+    wait_for(lambda: scp.service.events("outbox_publish_failed"), 20, "the publisher to notice")
+    broker.start()  # same port, empty
+    _assert_all_published_in_order(broker, datasets)
+    assert broker.partitions("storage_queue") == 4, "topics are re-created with their partitions"
+    assert scp.service.alive()
 
 
 def test_stores_succeed_while_the_broker_hangs_and_events_follow(
-    start_scp: ScpFactory, tmp_path: Path
+    start_scp: ScpFactory, own_broker: Broker, tmp_path: Path
 ) -> None:
     require_dcmtk()
-    broker = Broker(tmp_path / "tansu.log").start()
-    try:
-        scp = start_scp(broker.bootstrap)
-        broker.pause()  # accepts connections, answers nothing
-        datasets, files = _twenty_instances(tmp_path)
+    broker = own_broker
+    scp = start_scp(broker.bootstrap)
+    broker.pause()  # accepts connections, answers nothing
+    datasets, files = _twenty_instances(tmp_path)
 
-        result = storescu(scp.port, files, timeout=60)
+    result = storescu(scp.port, files, timeout=60)
 
-        assert result.returncode == 0, result.stderr
-        assert len(scp.files()) == 20
-        broker.resume()
-        _assert_all_published_in_order(broker, datasets)
-    finally:
-        broker.stop()
+    assert result.returncode == 0, result.stderr
+    assert len(scp.files()) == 20
+    broker.resume()
+    _assert_all_published_in_order(broker, datasets)
 
 
 def test_events_spooled_before_a_restart_are_published_after_it(
-    start_scp: ScpFactory, tmp_path: Path
+    start_scp: ScpFactory, own_broker: Broker, tmp_path: Path
 ) -> None:
     require_dcmtk()
-    broker = Broker(tmp_path / "tansu.log").start()
-    try:
-        scp = start_scp(broker.bootstrap)
-        broker.stop()
-        datasets, files = _twenty_instances(tmp_path)
-        assert storescu(scp.port, files).returncode == 0
-        scp.service.process.kill()  # no chance to flush: the outbox on disk is all there is
-        scp.service.process.wait()
-        broker.start()
-        scp.service.start()
-        wait_for(
-            lambda: scp.service.events("scp_stopped") or len(scp.service.events("scp_listening")) > 1,
-            30,
-            "the SCP to start again",
-        )
-        _assert_all_published_in_order(broker, datasets)
-    finally:
-        broker.stop()
+    broker = own_broker
+    scp = start_scp(broker.bootstrap)
+    broker.stop()
+    datasets, files = _twenty_instances(tmp_path)
+    assert storescu(scp.port, files).returncode == 0
+    scp.service.process.kill()  # no chance to flush: the outbox on disk is all there is
+    scp.service.process.wait()
+    broker.start()
+    scp.service.start()
+    wait_for(
+        lambda: scp.service.events("scp_stopped") or len(scp.service.events("scp_listening")) > 1,
+        30,
+        "the SCP to start again",
+    )
+    _assert_all_published_in_order(broker, datasets)

@@ -12,23 +12,21 @@ from tests.support.services import Broker, pacsflow
 pytestmark = pytest.mark.broker
 
 
-def test_topics_command_creates_every_topic_with_the_configured_partitions(tmp_path: Path) -> None:
-    broker = Broker(tmp_path / "tansu.log").start()
-    try:
-        env = {
-            "PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "PACSFLOW_KAFKA_PARTITIONS": "3",
-            "PACSFLOW_DATA_DIR": str(tmp_path / "var"),
-        }
-        first = pacsflow("topics", env=env)
-        assert first.returncode == 0, first.stderr
-        assert all(name in first.stdout for name in topics.ALL)
-        assert {name: broker.partitions(name) for name in topics.ALL} == {name: 3 for name in topics.ALL}
-        again = pacsflow("topics", env=env)
-        assert again.returncode == 0, again.stderr
-        assert "none (all existed)" in again.stdout
-    finally:
-        broker.stop()
+def test_topics_command_creates_every_topic_with_the_configured_partitions(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    env = {
+        "PACSFLOW_KAFKA_BOOTSTRAP": own_broker.bootstrap,
+        "PACSFLOW_KAFKA_PARTITIONS": "3",
+        "PACSFLOW_DATA_DIR": str(tmp_path / "var"),
+    }
+    first = pacsflow("topics", env=env)
+    assert first.returncode == 0, first.stderr
+    assert all(name in first.stdout for name in topics.ALL)
+    assert {name: own_broker.partitions(name) for name in topics.ALL} == {name: 3 for name in topics.ALL}
+    again = pacsflow("topics", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "none (all existed)" in again.stdout
 
 
 @pytest.mark.parametrize(
