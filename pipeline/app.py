@@ -6,9 +6,11 @@ from typing import Any
 
 import faust
 
-from pipeline.agents import index
+from pipeline.agents import index, metadata
 from pipeline.agents.database import Database
+from pipeline.cache import Cache
 from pipeline.settings import Settings
+from pipeline.tables.metadata_window import cleanup_interval
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -30,9 +32,15 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
+        table_cleanup_interval=cleanup_interval(settings.metadata_window_s),
+        # The only table is in memory (see pipeline/tables/metadata_window.py): nothing to stand by.
+        table_standby_replicas=0,
         **options,
     )
     database = Database(settings.database_url)
+    cache = Cache(settings.redis_url, settings.redis_prefix)
     app.add_dependency(database)
+    app.add_dependency(cache)
     index.register(app, settings, database)
+    metadata.register(app, settings, database, cache)
     return app

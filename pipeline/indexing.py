@@ -14,6 +14,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from pipeline import metadata
 from pipeline.errors import PacsflowError
 from pipeline.models import DicomImageMeta, DicomStateMeta, StorageEvent, TenantId, Uid
 from pipeline.models.formats import doris_date, doris_datetime, uid_hash
@@ -41,6 +42,8 @@ class InstanceRow:
     file_size: int
     received_time: datetime
     trace_id: str
+    json_fragment: bytes
+    """The instance's DICOM JSON (``pipeline.metadata.fragment``): what series metadata is built from."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class IndexedInstance:
     instance: InstanceRow
     series: SeriesRow
     image: DicomImageMeta
+    unconverted: tuple[str, ...] = ()
+    """Elements left out of the instance's metadata because their values do not convert."""
 
 
 def _get(ds: Dataset, keyword: str) -> Any:
@@ -161,8 +166,14 @@ def _checked_uid(event_value: str, header_value: object, what: str) -> Uid:
     return uid
 
 
-def index_instance(event: StorageEvent, header: Dataset, indexed: datetime) -> IndexedInstance:
-    """Rows and the image record of one stored instance; ``header`` is its dataset without pixels."""
+def index_instance(
+    event: StorageEvent, header: Dataset, indexed: datetime, *, bulkdata_threshold: int = 1024
+) -> IndexedInstance:
+    """Rows and the image record of one stored instance.
+
+    ``header`` is its dataset read with ``defer_size=metadata.deferred_size(bulkdata_threshold)``,
+    so that bulk values (pixel data) are known by their size without being read.
+    """
     try:
         tenant = TenantId(event.TenantID)
     except PacsflowError as exc:
@@ -178,6 +189,8 @@ def index_instance(event: StorageEvent, header: Dataset, indexed: datetime) -> I
     frames = _number(header, "NumberOfFrames", int) or (1 if rows else None)
     instance_number = _number(header, "InstanceNumber", int)
     received = datetime.fromisoformat(event.ReceivedTime)
+    unconverted: list[str] = []
+    json_fragment = metadata.fragment(header, study, series, sop, bulkdata_threshold, unconverted)
     instance = InstanceRow(
         tenant_id=tenant,
         study_uid=study,
@@ -193,6 +206,7 @@ def index_instance(event: StorageEvent, header: Dataset, indexed: datetime) -> I
         file_size=event.FileSize,
         received_time=received,
         trace_id=event.TraceID,
+        json_fragment=json_fragment,
     )
     series_row = SeriesRow(
         tenant_id=tenant,
@@ -262,7 +276,7 @@ def index_instance(event: StorageEvent, header: Dataset, indexed: datetime) -> I
         space_size=event.FileSize,
         created_time=doris_datetime(indexed),
     )
-    return IndexedInstance(instance, series_row, image)
+    return IndexedInstance(instance, series_row, image, tuple(unconverted))
 
 
 def state_record(series: SeriesRow, instances: int, created: datetime) -> DicomStateMeta:

@@ -29,11 +29,10 @@ from pipeline import log
 from pipeline.errors import OutboxError, StorageFull
 from pipeline.retries import until_it_works
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.topics import BROKER_FAILURES, ensure_topics
 
 _log = log.get(__name__)
-# What a broker that is down, hung or restarting looks like from here: retried, never fatal.
-_FAILURES = (KafkaError, OSError, TimeoutError)
+_FAILURES = BROKER_FAILURES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -67,7 +67,11 @@ class Settings:
     kafka_request_timeout_s: float
     database_url: str
     redis_url: str
+    redis_prefix: str
+    """Start of every key pacsflow writes in Redis, so that several installs can share one."""
     metadata_window_s: float
+    bulkdata_threshold: int
+    """Binary values longer than this (as base64) are BulkDataURIs in metadata, not inline."""
     dev_broker_port: int
     """Port of the broker `pacsflow dev` embeds; 0 picks a free one."""
     dev_postgres_port: int
@@ -82,6 +86,11 @@ class Settings:
     @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
+
+    @property
+    def public_base(self) -> str:
+        """Where clients reach pacsflow: what regenerated metadata's BulkDataURIs start with."""
+        return self.public_url.rstrip("/") or f"http://127.0.0.1:{self.http_port}"
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,13 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _redis_prefix(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", value):
+        raise ValueError(f"{raw!r} is not 1-64 letters, digits or `_.:-`")
+    return value
 
 
 def _ae_title(raw: str) -> str:
@@ -381,12 +397,31 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
         Setting("PACSFLOW_REDIS_URL", "", "Redis URL; empty: no cache", _url(("redis", "rediss", "unix"))),
     ),
     (
+        "redis_prefix",
+        Setting(
+            "PACSFLOW_REDIS_PREFIX",
+            "pacsflow:",
+            "start of every Redis key pacsflow writes (several installs can share one Redis)",
+            _redis_prefix,
+        ),
+    ),
+    (
         "metadata_window_s",
         Setting(
             "PACSFLOW_METADATA_WINDOW_S",
             "2",
             "tumbling window length for metadata regeneration, seconds",
             _seconds(),
+        ),
+    ),
+    (
+        "bulkdata_threshold",
+        Setting(
+            "PACSFLOW_BULKDATA_THRESHOLD",
+            "1024",
+            "binary values longer than this many bytes (base64) are BulkDataURIs in metadata; "
+            "pixel data always is",
+            _int(16, 1 << 30),
         ),
     ),
     (

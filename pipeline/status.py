@@ -1,15 +1,18 @@
 """``pacsflow status``: what the operators look at. Per topic and partition: end offset, the
-worker group's committed offset and lag; the dead-letter queue's size.
+worker group's committed offset and lag; the dead-letter queue's size; with a database, how many
+series have their metadata files current, pending or failed.
 
 Lag is end offset minus committed offset: exact on Kafka; on Tansu, whose offsets are not dense
 within a partition, it is an upper bound (zero still means caught up)."""
 
 from __future__ import annotations
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import topics
 from pipeline.settings import Settings
+from pipeline.stores import json_meta
 
 GROUP = "pacsflow"  # the Faust app id, which is the consumer group of every worker
 
@@ -48,6 +51,14 @@ async def status(settings: Settings) -> list[str]:
     if missing:
         lines.append(f"topics missing (run `pacsflow topics`): {', '.join(missing)}")
     lines.append(f"dead letters in {topics.STORAGE_DLQ}: {dlq}")
+    if settings.database_url:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            counts = await json_meta.pending_counts(conn)
+        finally:
+            await conn.close()
+        done, pending, failed = counts["done"], counts["pending"], counts["failed"]
+        lines.append(f"series metadata: {done} current, {pending} pending, {failed} failed")
     return lines
 
 

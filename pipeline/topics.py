@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from pipeline.settings import Settings
 
@@ -26,6 +26,10 @@ ALL = (
     WADO_ACCESS_LOG,
     STORAGE_DLQ,
 )
+
+
+# What a broker that is down, hung or restarting looks like from a client: retried, never fatal.
+BROKER_FAILURES: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
 
 
 def study_key(study_uid: str) -> bytes:

@@ -8,16 +8,30 @@ import faust
 
 from pipeline import lifecycle, log
 from pipeline.app import create_app
+from pipeline.retries import until_it_works
 from pipeline.settings import Settings
+from pipeline.topics import BROKER_FAILURES, ensure_topics
 
 _log = log.get(__name__)
 
 
 class Worker(faust.Worker):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.settings = settings
         # Faust's progress spinner writes terminal escapes into the log stream, tty or not.
         self.spinner = None
+
+    async def on_first_start(self) -> None:
+        # Our topics must exist before the agents subscribe: a broker may auto-create a topic a
+        # consumer asks for, with its own partition count, and Tansu then stalls the first
+        # produce to it for a whole request timeout.
+        async for attempt in until_it_works("broker_unreachable", BROKER_FAILURES):
+            with attempt:
+                created = await ensure_topics(self.settings)
+        if created:
+            _log.info("topics_created", topics=created, partitions=self.settings.kafka_partitions)
+        await super().on_first_start()
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
@@ -29,6 +43,7 @@ def run(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only its own folder
     app = create_app(settings)
     worker = Worker(
+        settings,
         app,
         loglevel=settings.log_level.upper(),
         override_logging=False,  # keep structlog's handler

@@ -20,7 +20,8 @@ import asyncpg
 import faust
 from pydicom import dcmread
 
-from pipeline import log, topics
+from pipeline import log, metadata, topics
+from pipeline.agents.channels import study_keyed
 from pipeline.agents.database import Database
 from pipeline.errors import PacsflowError
 from pipeline.indexing import IndexedInstance, UnindexableInstance, index_instance, state_record
@@ -52,14 +53,20 @@ class Dead:
 
 
 async def batches(events: AsyncIterator[E], size: int, within: float) -> AsyncIterator[list[E]]:
-    """Group ``events`` into lists of at most ``size``, waiting at most ``within`` s to fill one."""
+    """Group ``events`` into lists of at most ``size``, waiting at most ``within`` s to fill one.
+
+    Ends when ``events`` ends (the worker stops), after yielding what was collected.
+    """
     loop = asyncio.get_running_loop()
     iterator = events.__aiter__()
     waiting: asyncio.Future[E] | None = None
     while True:
         if waiting is None:
             waiting = asyncio.ensure_future(anext(iterator))
-        batch = [await waiting]
+        try:
+            batch = [await waiting]
+        except StopAsyncIteration:
+            return
         waiting = None
         deadline = loop.time() + within
         while len(batch) < size:
@@ -67,14 +74,12 @@ async def batches(events: AsyncIterator[E], size: int, within: float) -> AsyncIt
             done, _ = await asyncio.wait({waiting}, timeout=max(0.0, deadline - loop.time()))
             if not done:
                 break  # keep waiting for it at the start of the next batch
+            if isinstance(waiting.exception(), StopAsyncIteration):
+                yield batch
+                return
             batch.append(waiting.result())
             waiting = None
         yield batch
-
-
-def _keyed_by_study(app: faust.App, name: str, record: type[faust.Record]) -> faust.TopicT:
-    """An output topic: raw study-UID keys, flat JSON records (what Doris and operators read)."""
-    return app.topic(name, key_type=bytes, value_type=record, key_serializer="raw", value_serializer="json")
 
 
 class Indexer:
@@ -83,9 +88,9 @@ class Indexer:
         self._database = database
         self._app = app
         self._layout = StorageLayout(settings.storage_root)
-        self._state = _keyed_by_study(app, topics.DICOM_STATE_QUEUE, DicomStateMeta)
-        self._image = _keyed_by_study(app, topics.DICOM_IMAGE_QUEUE, DicomImageMeta)
-        self._dlq = _keyed_by_study(app, topics.STORAGE_DLQ, StorageDeadLetter)
+        self._state = study_keyed(app, topics.DICOM_STATE_QUEUE, DicomStateMeta)
+        self._image = study_keyed(app, topics.DICOM_IMAGE_QUEUE, DicomImageMeta)
+        self._dlq = study_keyed(app, topics.STORAGE_DLQ, StorageDeadLetter)
 
     async def index_batch(self, events: Sequence[faust.EventT[bytes]]) -> None:
         """Index one batch; return only when every event is indexed or dead-lettered."""
@@ -133,8 +138,19 @@ class Indexer:
         path = self._layout.instance_path(location)
         if not path.is_file():
             raise UnindexableInstance(f"file missing: {path}")
-        header = dcmread(path, stop_before_pixels=True)
-        return index_instance(event, header, now)
+        threshold = self._settings.bulkdata_threshold
+        dataset = dcmread(path, defer_size=metadata.deferred_size(threshold))
+        indexed = index_instance(event, dataset, now, bulkdata_threshold=threshold)
+        if indexed.unconverted:
+            _log.warning(
+                "elements_not_in_metadata",
+                reason="values do not convert",
+                elements=list(indexed.unconverted),
+                sop_instance_uid=event.SopInstanceUID,
+                tenant=event.TenantID,
+                trace_id=event.TraceID,
+            )
+        return indexed
 
     async def _write(self, batch: Sequence[_Indexed]) -> tuple[list[postgres.SeriesCount], list[Dead]]:
         if not batch:
@@ -227,14 +243,7 @@ class _Indexed:
 
 def register(app: faust.App, settings: Settings, database: Database) -> None:
     """Declare the index agent on ``app``."""
-    storage = app.topic(
-        topics.STORAGE_QUEUE,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.kafka_partitions,
-    )
+    storage = study_keyed(app, topics.STORAGE_QUEUE, bytes, settings.kafka_partitions)
     indexer = Indexer(settings, database, app)
 
     @app.agent(storage, name="index_instance")

@@ -75,7 +75,7 @@ async def migrate(dsn: str) -> list[str]:
 _INSTANCE_COLUMNS = (
     "tenant_id", "study_uid", "series_uid", "sop_uid", "sop_class_uid", "instance_number",
     "transfer_syntax_uid", "number_of_frames", "rows", "columns", "file_path", "file_size",
-    "received_time", "trace_id",
+    "received_time", "trace_id", "json_fragment",
 )  # fmt: skip
 _UPSERT_INSTANCE = f"""
 INSERT INTO dicom_instance_meta ({", ".join(_INSTANCE_COLUMNS)})
@@ -97,7 +97,8 @@ _FLAG_SERIES = """
 INSERT INTO dicom_json_meta (tenant_id, study_uid, series_uid, study_uid_hash, series_uid_hash,
                              study_date_origin, flag_time)
 VALUES ($1, $2, $3, $4, $5, $6, now())
-ON CONFLICT (tenant_id, study_uid, series_uid) DO UPDATE SET flag_time = now(), json_status = 0
+ON CONFLICT (tenant_id, study_uid, series_uid) DO UPDATE SET
+    flag_time = now(), json_status = 0, retry_times = 0, version = dicom_json_meta.version + 1
 """
 
 _COUNT_SERIES = """

@@ -227,3 +227,52 @@ def pacsflow(*args: str, env: Mapping[str, str], timeout: float = 120) -> subpro
         timeout=timeout,
         check=False,
     )
+
+
+REDIS_SERVER = Path("/usr/bin/redis-server")
+
+
+class RedisServer:
+    """A redis-server of the test's own (the machine's is shared), so that a test can stop it."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        require(
+            REDIS_SERVER.exists(),
+            "Debian's redis-server (make test installs it: apt-get install redis-server)",
+        )
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(REDIS_SERVER),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(
+            lambda: port_open(self.port) or self.process.poll() is not None, 10, "redis-server to listen"
+        )  # type: ignore[union-attr]
+        assert self.process.poll() is None, self.log_path.read_text()[-2000:]
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None

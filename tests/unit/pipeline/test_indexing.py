@@ -136,3 +136,14 @@ def test_batches_fill_up_to_size_or_wait_no_longer_than_within() -> None:
         return got
 
     assert asyncio.run(scenario()) == [[0, 1, 2], [3, 4], [9]]
+
+
+def test_batches_end_with_their_source_after_yielding_what_was_collected() -> None:
+    async def scenario() -> list[list[int]]:
+        async def source():  # type: ignore[no-untyped-def]
+            for n in range(4):
+                yield n
+
+        return [batch async for batch in batches(source(), 3, 0.05)]
+
+    assert asyncio.run(scenario()) == [[0, 1, 2], [3]]

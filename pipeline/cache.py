@@ -1,0 +1,85 @@
+"""Redis, as a cache only: every read has an answer without it, so losing Redis costs speed.
+
+The worker deletes what a regeneration makes stale; the web server (its reader) keeps copies
+under the same keys. Keys start with ``PACSFLOW_REDIS_PREFIX`` and the tenant:
+
+- ``<prefix><tenant>:metadata:<study>:<series>``: a series' metadata
+- ``<prefix><tenant>:metadata:<study>``: a study's metadata
+- ``<prefix><tenant>:generation``: a counter bumped at each change of the tenant's metadata;
+  cached query answers carry it in their keys, so a bump retires them all at once
+
+Each call waits at most ``TIMEOUT_S`` and never raises: a failure is logged (at most every
+``_WARN_EVERY_S``) and the caller goes on as if there were no cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import faust
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from pipeline import log
+
+_log = log.get(__name__)
+TIMEOUT_S = 0.5
+_WARN_EVERY_S = 30.0
+
+
+class Cache(faust.Service):
+    """A Redis client opened with the service and closed with it; a no-op without a URL."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__()
+        self._url = url
+        self.prefix = prefix
+        self._client: redis.Redis | None = None
+        self._warned_at = -_WARN_EVERY_S
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._url)
+
+    async def on_start(self) -> None:
+        if self._url:
+            self._client = redis.from_url(
+                self._url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, retry_on_timeout=False
+            )
+
+    async def on_stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def series_key(self, tenant: str, study: str, series: str) -> str:
+        return f"{self.prefix}{tenant}:metadata:{study}:{series}"
+
+    def study_key(self, tenant: str, study: str) -> str:
+        return f"{self.prefix}{tenant}:metadata:{study}"
+
+    def generation_key(self, tenant: str) -> str:
+        return f"{self.prefix}{tenant}:generation"
+
+    async def invalidate_metadata(self, tenant: str, study: str, series: Iterable[str]) -> bool:
+        """Delete the cached copies of a study's and its ``series``' metadata; bump the tenant's
+        generation. False when Redis did not answer (nothing cached can be trusted to be gone)."""
+        if self._client is None:
+            return False
+        keys = [self.study_key(tenant, study), *(self.series_key(tenant, study, s) for s in series)]
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.unlink(*keys)
+                pipe.incr(self.generation_key(tenant))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._warn("cache_invalidation_failed", exc, tenant=tenant, study_uid=study)
+            return False
+        return True
+
+    def _warn(self, event: str, exc: BaseException, **context: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
+            _log.warning(event, error=f"{type(exc).__name__}: {exc}", **context)

@@ -1,0 +1,155 @@
+"""Regenerating a study's metadata files: its stale series' ``.json`` and the study's ``.json``.
+
+The study is the unit: when several of its series change in one window, its study file is
+written once. A session advisory lock per study serialises regenerations across workers (a
+rebalance can leave two of them closing windows of one study), and the snapshot is read after
+the lock is held, so the files on disk always match the versions recorded last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from pydicom import dcmread
+
+from pipeline import metadata
+from pipeline.cache import Cache
+from pipeline.models import TenantId, Uid
+from pipeline.stores import json_meta
+from pipeline.stores.files import StorageLayout, write_atomic
+from pipeline.stores.postgres import TRANSIENT_ERRORS
+
+_LOCK = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
+
+
+@dataclass(frozen=True)
+class Regenerated:
+    tenant: str
+    study: str
+    series: tuple[str, ...]
+    """Series whose ``.json`` was rewritten (the study's ``.json`` was too, when any was)."""
+    instances: int
+    """Instances in the study file."""
+    study_bytes: int
+    study_gzip_bytes: int
+    series_bytes: dict[str, int]
+    series_gzip_bytes: dict[str, int]
+    read_ms: float
+    build_ms: float
+    write_ms: float
+
+
+def write_metadata(path: Path, body: bytes) -> tuple[int, int]:
+    """Write ``path`` and ``path.gz`` atomically and durably; return both sizes."""
+    packed = metadata.compressed(body)
+    write_atomic(path.with_name(path.name + ".gz"), [packed])
+    write_atomic(path, [body])
+    return len(body), len(packed)
+
+
+class MetadataBuilder:
+    """Builds metadata the one way (``metadata.join_fragments`` of the index's fragments): on
+    demand for the web server, and into files when a window closes."""
+
+    def __init__(self, layout: StorageLayout, public_base: str, default_tenant: TenantId, threshold: int):
+        self._layout = layout
+        self._public_base = public_base
+        self._default_tenant = default_tenant
+        self._threshold = threshold
+
+    def root(self, tenant: TenantId) -> str:
+        return metadata.dicomweb_root(self._public_base, tenant, self._default_tenant)
+
+    async def regenerate(
+        self, conn: asyncpg.Connection, tenant: TenantId, study: Uid, cache: Cache | None = None
+    ) -> Regenerated | None:
+        """Bring the study's metadata files up to date; None when they already were."""
+        lock = f"metadata/{tenant}/{study}"
+        await conn.execute(_LOCK, lock)
+        try:
+            result = await self._study_locked(conn, tenant, study)
+        finally:
+            # A broken connection has released the lock with the session.
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await conn.execute(_UNLOCK, lock)
+        if result is not None and cache is not None:
+            await cache.invalidate_metadata(tenant, study, result.series)
+        return result
+
+    async def _study_locked(
+        self, conn: asyncpg.Connection, tenant: TenantId, study: Uid
+    ) -> Regenerated | None:
+        started = time.perf_counter()
+        snapshot = await json_meta.read_study(conn, tenant, study)
+        stale = [s.series_uid for s in snapshot.series if not s.series_current]
+        if not stale and all(s.in_study_file for s in snapshot.series):
+            return None
+        read = time.perf_counter()
+        fragments = await asyncio.to_thread(self.fragments, tenant, snapshot.fragments)
+        by_series: dict[str, list[bytes]] = defaultdict(list)
+        for item, body in zip(snapshot.fragments, fragments, strict=True):
+            by_series[item.series_uid].append(body)
+        root = self.root(tenant)
+        layout = self._layout
+        files = [
+            (layout.series_metadata_path(tenant, study, Uid(s)), metadata.join_fragments(by_series[s], root))
+            for s in stale
+        ]
+        files.append((layout.study_metadata_path(tenant, study), metadata.join_fragments(fragments, root)))
+        built = time.perf_counter()
+        sizes = await asyncio.to_thread(lambda: [write_metadata(path, body) for path, body in files])
+        written = time.perf_counter()
+        await json_meta.mark_built(
+            conn, tenant, study, {s.series_uid: s.version for s in snapshot.series}, stale
+        )
+        return Regenerated(
+            tenant=tenant,
+            study=study,
+            series=tuple(stale),
+            instances=len(fragments),
+            study_bytes=sizes[-1][0],
+            study_gzip_bytes=sizes[-1][1],
+            series_bytes={s: size[0] for s, size in zip(stale, sizes, strict=False)},
+            series_gzip_bytes={s: size[1] for s, size in zip(stale, sizes, strict=False)},
+            read_ms=round((read - started) * 1000, 1),
+            build_ms=round((built - read) * 1000, 1),
+            write_ms=round((written - built) * 1000, 1),
+        )
+
+    async def series(
+        self, conn: asyncpg.Connection, tenant: TenantId, study: Uid, series: Uid
+    ) -> tuple[int, bytes] | None:
+        """The series' metadata built now from the index, as the web server answers while the file
+        is not current: the version it was built from and the body; None for an unknown series."""
+        snapshot = await json_meta.read_series(conn, tenant, study, series)
+        if snapshot is None:
+            return None
+        fragments = await asyncio.to_thread(self.fragments, tenant, snapshot.fragments)
+        return snapshot.version.version, metadata.join_fragments(fragments, self.root(tenant))
+
+    async def study(self, conn: asyncpg.Connection, tenant: TenantId, study: Uid) -> bytes | None:
+        """The study's metadata built now from the index; None for an unknown study."""
+        snapshot = await json_meta.read_study(conn, tenant, study)
+        if not snapshot.series:
+            return None
+        fragments = await asyncio.to_thread(self.fragments, tenant, snapshot.fragments)
+        return metadata.join_fragments(fragments, self.root(tenant))
+
+    def fragments(self, tenant: TenantId, fragments: Sequence[json_meta.Fragment]) -> list[bytes]:
+        """Every fragment's bytes; one indexed before fragments existed is built from its file."""
+        return [item.body if item.body is not None else self._from_file(tenant, item) for item in fragments]
+
+    def _from_file(self, tenant: TenantId, item: json_meta.Fragment) -> bytes:
+        path = self._layout.root / item.file_path
+        ds = dcmread(path, defer_size=metadata.deferred_size(self._threshold))
+        return metadata.fragment(
+            ds, Uid(str(ds.StudyInstanceUID)), Uid(item.series_uid), Uid(item.sop_uid), self._threshold
+        )
