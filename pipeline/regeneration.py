@@ -21,6 +21,7 @@ from pydicom import dcmread
 
 from pipeline import metadata
 from pipeline.cache import Cache
+from pipeline.errors import StorageError
 from pipeline.models import TenantId, Uid
 from pipeline.stores import json_meta
 from pipeline.stores.files import StorageLayout, write_atomic
@@ -105,7 +106,14 @@ class MetadataBuilder:
         ]
         files.append((layout.study_metadata_path(tenant, study), metadata.join_fragments(fragments, root)))
         built = time.perf_counter()
-        sizes = await asyncio.to_thread(lambda: [write_metadata(path, body) for path, body in files])
+        writing = asyncio.ensure_future(asyncio.to_thread(lambda: [write_metadata(p, b) for p, b in files]))
+        try:
+            sizes = await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: let it finish while the study's lock is still held, or
+            # another worker could write newer files that this thread then overwrites.
+            await writing
+            raise
         written = time.perf_counter()
         await json_meta.mark_built(
             conn, tenant, study, {s.series_uid: s.version for s in snapshot.series}, stale
@@ -149,7 +157,10 @@ class MetadataBuilder:
 
     def _from_file(self, tenant: TenantId, item: json_meta.Fragment) -> bytes:
         path = self._layout.root / item.file_path
-        ds = dcmread(path, defer_size=metadata.deferred_size(self._threshold))
+        try:
+            ds = dcmread(path, defer_size=metadata.deferred_size(self._threshold))
+        except OSError as exc:  # not the database's kind of OSError: retrying will not help soon
+            raise StorageError(f"cannot read {path} to build its metadata: {exc.strerror or exc}") from exc
         return metadata.fragment(
             ds, Uid(str(ds.StudyInstanceUID)), Uid(item.series_uid), Uid(item.sop_uid), self._threshold
         )

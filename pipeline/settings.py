@@ -129,6 +129,16 @@ def _seconds(allow_empty: bool = False) -> Callable[[str], float | None]:
     return parse
 
 
+def _whole_seconds(lo: int, hi: int) -> Callable[[str], float]:
+    # Faust's windows step by whole seconds: a fractional length would make them overlap.
+    whole = _int(lo, hi)
+
+    def parse(raw: str) -> float:
+        return float(whole(raw))
+
+    return parse
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -410,8 +420,8 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
         Setting(
             "PACSFLOW_METADATA_WINDOW_S",
             "2",
-            "tumbling window length for metadata regeneration, seconds",
-            _seconds(),
+            "tumbling window length for metadata regeneration, whole seconds (1-3600)",
+            _whole_seconds(1, 3600),
         ),
     ),
     (

@@ -66,7 +66,12 @@ class Regenerator(faust.Service):
         while not self.should_stop:
             key = await self._queue.get()
             self._queued.discard(key)
-            await self._regenerate(*key)
+            try:
+                await self._regenerate(*key)
+            except Exception as exc:  # one study's trouble must never stop the others'
+                _log.error(
+                    "metadata_failed", tenant=key[0], study_uid=key[1], error=f"{type(exc).__name__}: {exc}"
+                )
 
     @faust.Service.task
     async def _sweep(self) -> None:
@@ -79,7 +84,7 @@ class Regenerator(faust.Service):
                     due = await json_meta.claim_overdue(
                         conn, overdue_after(self._settings.metadata_window_s), SWEEP_LIMIT
                     )
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:  # the sweep is the safety net: it must outlive any one failure
                 _log.warning("metadata_sweep_failed", error=f"{type(exc).__name__}: {exc}")
                 due = []
             if due:

@@ -169,7 +169,8 @@ async def claim_overdue(conn: asyncpg.Connection, older_than_s: float, limit: in
             WHERE json_status <> 1
               AND flag_time < now() - make_interval(secs => $1)
               AND (attempt_time IS NULL
-                   OR attempt_time < now() - make_interval(secs => least(power(2, retry_times), 300)))
+                   OR attempt_time < now()
+                      - make_interval(secs => least(power(2, least(retry_times, 9)), 300)))
             ORDER BY flag_time
             LIMIT $2
             FOR UPDATE SKIP LOCKED

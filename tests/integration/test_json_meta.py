@@ -88,21 +88,36 @@ def test_the_sweep_takes_overdue_series_once_and_retries_failures_after_a_backof
 
     with_conn(database, setup)
 
-    async def two_sweepers() -> list[list[tuple[str, str]]]:
-        conns = [await asyncpg.connect(database) for _ in range(2)]
+    async def while_another_sweeper_holds_one() -> list[tuple[str, str]]:
+        other, mine = await asyncpg.connect(database), await asyncpg.connect(database)
         try:
-            return list(await asyncio.gather(*(json_meta.claim_overdue(c, 10, 1) for c in conns)))
+            async with other.transaction():  # another worker's claim, not committed yet
+                await other.execute("SELECT 1 FROM dicom_json_meta WHERE series_uid = '2.1' FOR UPDATE")
+                return await json_meta.claim_overdue(mine, 10, 10)
         finally:
-            for conn in conns:
-                await conn.close()
+            await other.close()
+            await mine.close()
 
-    first, second = asyncio.run(two_sweepers())
-    assert first == second == [("default", STUDY)]  # one series each, never the same one
+    assert asyncio.run(while_another_sweeper_holds_one()) == [("default", STUDY)]
     stamped = with_conn(
         database, lambda c: c.fetch("SELECT series_uid FROM dicom_json_meta WHERE attempt_time IS NOT NULL")
     )
-    assert {r["series_uid"] for r in stamped} == {"2.1", "2.2"}
+    assert {r["series_uid"] for r in stamped} == {"2.2"}  # skipped the row being claimed, no wait
+    assert with_conn(database, lambda c: json_meta.claim_overdue(c, 10, 10)) == [("default", STUDY)]  # 2.1
     assert with_conn(database, lambda c: json_meta.claim_overdue(c, 10, 10)) == []  # claimed: backing off
+
+    async def failing_for_days(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+        await conn.execute(
+            "UPDATE dicom_json_meta SET json_status = 2, retry_times = 5000,"
+            " attempt_time = now() - interval '301 seconds' WHERE series_uid = '2.3'"
+        )
+        await conn.execute("UPDATE dicom_json_meta SET flag_time = now() - interval '1 hour'")
+        return await json_meta.claim_overdue(conn, 10, 10)
+
+    assert with_conn(database, failing_for_days) == [("default", STUDY)]  # backoff capped at 5 min
+    with_conn(
+        database, lambda c: c.execute("UPDATE dicom_json_meta SET json_status = 1 WHERE series_uid = '2.3'")
+    )
 
     async def failed_long_ago(conn: asyncpg.Connection) -> list[tuple[str, str]]:
         await conn.execute(
@@ -120,6 +135,7 @@ def test_the_sweep_takes_overdue_series_once_and_retries_failures_after_a_backof
         database,
         lambda c: c.fetch(
             "SELECT series_uid FROM dicom_json_meta WHERE attempt_time > now() - interval '1 second'"
+            " AND json_status <> 1"
         ),
     )
     assert {r["series_uid"] for r in claimed} == {"2.1"}

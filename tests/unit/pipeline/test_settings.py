@@ -54,6 +54,8 @@ def test_every_bad_value_is_named_with_what_was_expected() -> None:
                 "PACSFLOW_SCP_AE_TITLE": "A_TITLE_FAR_TOO_LONG",
                 "PACSFLOW_DATABASE_URL": "mysql://x",
                 "PACSFLOW_SCP_PROT": "1",
+                "PACSFLOW_METADATA_WINDOW_S": "1.5",
+                "PACSFLOW_REDIS_PREFIX": "a b",
             }
         )
     message = str(caught.value)
@@ -65,6 +67,8 @@ def test_every_bad_value_is_named_with_what_was_expected() -> None:
         "PACSFLOW_SCP_AE_TITLE='A_TITLE_FAR_TOO_LONG'",
         "PACSFLOW_DATABASE_URL='mysql://x'",
         "PACSFLOW_SCP_PROT is not a pacsflow setting",
+        "PACSFLOW_METADATA_WINDOW_S='1.5': '1.5' is not a whole number",
+        "PACSFLOW_REDIS_PREFIX='a b'",
     ):
         assert expected in message
 
