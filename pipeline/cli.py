@@ -12,7 +12,7 @@ from pipeline.errors import PacsflowError, SettingsError
 from pipeline.settings import Settings
 
 _NEEDS_KAFKA = {"scp", "worker", "topics", "reconcile", "status"}
-_NEEDS_DATABASE = {"worker", "migrate", "reconcile"}
+_NEEDS_DATABASE = {"worker", "web", "migrate", "reconcile"}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -133,23 +133,26 @@ class MetadataBuilder:
         )
 
     async def series(
-        self, conn: asyncpg.Connection, tenant: TenantId, study: Uid, series: Uid
+        self, conn: asyncpg.Connection, tenant: TenantId, study: Uid, series: Uid, root: str | None = None
     ) -> tuple[int, bytes] | None:
         """The series' metadata built now from the index, as the web server answers while the file
-        is not current: the version it was built from and the body; None for an unknown series."""
+        is not current (or the client reaches us by another ``root``): the version it was built
+        from and the body; None for an unknown series."""
         snapshot = await json_meta.read_series(conn, tenant, study, series)
         if snapshot is None:
             return None
         fragments = await asyncio.to_thread(self.fragments, tenant, snapshot.fragments)
-        return snapshot.version.version, metadata.join_fragments(fragments, self.root(tenant))
+        return snapshot.version.version, metadata.join_fragments(fragments, root or self.root(tenant))
 
-    async def study(self, conn: asyncpg.Connection, tenant: TenantId, study: Uid) -> bytes | None:
+    async def study(
+        self, conn: asyncpg.Connection, tenant: TenantId, study: Uid, root: str | None = None
+    ) -> bytes | None:
         """The study's metadata built now from the index; None for an unknown study."""
         snapshot = await json_meta.read_study(conn, tenant, study)
         if not snapshot.series:
             return None
         fragments = await asyncio.to_thread(self.fragments, tenant, snapshot.fragments)
-        return metadata.join_fragments(fragments, self.root(tenant))
+        return metadata.join_fragments(fragments, root or self.root(tenant))
 
     def fragments(self, tenant: TenantId, fragments: Sequence[json_meta.Fragment]) -> list[bytes]:
         """Every fragment's bytes; one indexed before fragments existed is built from its file."""

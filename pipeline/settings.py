@@ -58,6 +58,8 @@ class Settings:
     http_host: str
     http_port: int
     public_url: str
+    cors_origins: tuple[str, ...]
+    """Origins whose pages may call the DICOMweb API; ``*`` for any."""
     kafka_bootstrap: str
     kafka_partitions: int
     kafka_replication: int
@@ -147,6 +149,17 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    values = tuple(v.strip().rstrip("/") for v in raw.split(",") if v.strip())
+    if values == ("*",):
+        return values
+    bad = [v for v in values if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", v)]
+    if bad or not values:
+        named = ", ".join(bad) or "nothing"
+        raise ValueError(f"{named} is not `*` or a list of scheme://host[:port] origins")
+    return values
 
 
 def _redis_prefix(raw: str) -> str:
@@ -341,6 +354,15 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "",
             "external base URL for BulkDataURIs; else from `Forwarded`/`X-Forwarded-*`",
             _url(("http", "https")),
+        ),
+    ),
+    (
+        "cors_origins",
+        Setting(
+            "PACSFLOW_CORS_ORIGINS",
+            "*",
+            "origins (`https://viewer.example.org,...`) whose pages may call DICOMweb; `*`: any",
+            _origins,
         ),
     ),
     (

@@ -2,22 +2,61 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import asyncpg
 from aiohttp import web
 
-from egress.wado.keys import SETTINGS
+from egress.wado import metadata
+from egress.wado.cors import cors
+from egress.wado.errors import errors
+from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
 from egress.wado.routes import routes
 from pipeline import lifecycle, log
+from pipeline.cache import Cache
 from pipeline.errors import PacsflowError
+from pipeline.regeneration import MetadataBuilder
 from pipeline.settings import Settings
+from pipeline.stores.files import StorageLayout
 
 _log = log.get(__name__)
 
 
+PREFIXES = ("/dicomweb", "/tenants/{tenant}/dicomweb")
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[cors(settings.cors_origins), errors])
     app[SETTINGS] = settings
+    app[BUILDER] = MetadataBuilder(
+        StorageLayout(settings.storage_root),
+        settings.public_base,
+        settings.default_tenant,
+        settings.bulkdata_threshold,
+    )
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_cache)
     app.add_routes(routes)
+    metadata.add_routes(app, PREFIXES)
     return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    # min_size=0: the server starts (and answers /health) while the database is still away;
+    # requests that need it get 503 until it is back.
+    pool = await asyncpg.create_pool(app[SETTINGS].database_url, min_size=0, max_size=8, timeout=10)
+    app[POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _cache(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    cache = Cache(settings.redis_url, settings.redis_prefix)
+    await cache.start()
+    app[CACHE] = cache
+    yield
+    await cache.stop()
 
 
 async def serve(settings: Settings) -> None:

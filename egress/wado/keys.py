@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 
+from pipeline.cache import Cache
+from pipeline.regeneration import MetadataBuilder
 from pipeline.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+CACHE = web.AppKey("cache", Cache)
+BUILDER = web.AppKey("builder", MetadataBuilder)

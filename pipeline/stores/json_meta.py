@@ -110,6 +110,13 @@ async def series_version(
     return _version(row) if row is not None else None
 
 
+async def study_versions(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, study: str
+) -> list[SeriesVersion]:
+    """Every series of the study: the study file is current when each is ``in_study_file``."""
+    return [_version(row) for row in await conn.fetch(_VERSIONS, tenant, study)]
+
+
 async def mark_built(
     conn: asyncpg.Connection,
     tenant: str,

@@ -1,0 +1,51 @@
+"""One error middleware: every failure is a status with a readable JSON body, never a bare 500."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from pipeline import log
+from pipeline.errors import PacsflowError
+from pipeline.stores.postgres import TRANSIENT_ERRORS
+
+_log = log.get(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"status": status, "error": message}),
+        content_type="application/json",
+    )
+
+
+class BadRequest(PacsflowError):
+    """The request cannot be answered as asked (400), with the reason."""
+
+
+class NotFound(PacsflowError):
+    """What the request names does not exist for this tenant (404)."""
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return problem(400, str(exc))
+    except NotFound as exc:
+        return problem(404, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.text or exc.reason)
+    except TRANSIENT_ERRORS as exc:
+        _log.warning("index_unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
+        return problem(503, "the index database is not reachable; try again shortly")
+    except Exception as exc:
+        _log.exception("request_failed", path=request.path, error=f"{type(exc).__name__}: {exc}")
+        return problem(500, f"internal error ({type(exc).__name__}); the server log has the details")

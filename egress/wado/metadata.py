@@ -1,0 +1,85 @@
+"""WADO-RS metadata (PS3.18 10.4.1.1.2): series and study, from the regenerated files when they are
+current and reached by the same root; else built now from the index, the same way.
+
+Whether a file is current is one primary-key lookup (``json_meta.series_version``); a current file
+goes out through ``FileResponse`` (its pre-compressed ``.json.gz`` when the client accepts gzip,
+ETag and 304, sendfile). An answer built on demand carries an ETag of the versions it was built
+from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from aiohttp import web
+
+from egress.wado.errors import NotFound
+from egress.wado.keys import BUILDER, POOL, SETTINGS
+from egress.wado.urls import root_for, tenant_of, uid
+from pipeline.stores import json_meta
+from pipeline.stores.files import StorageLayout
+
+DICOM_JSON = "application/dicom+json"
+
+
+async def series_metadata(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    tenant = tenant_of(request, settings)
+    study, series = uid(request, "study", "StudyInstanceUID"), uid(request, "series", "SeriesInstanceUID")
+    builder = request.app[BUILDER]
+    root = root_for(request, settings, tenant)
+    pool = request.app[POOL]
+    version = await json_meta.series_version(pool, tenant, study, series)
+    if version is None:
+        raise NotFound(f"no series {series} in study {study}")
+    path = StorageLayout(settings.storage_root).series_metadata_path(tenant, study, series)
+    if version.series_current and root == builder.root(tenant) and path.is_file():
+        return _file(path)
+    async with pool.acquire() as conn:
+        built = await builder.series(conn, tenant, study, series, root)
+    if built is None:
+        raise NotFound(f"no series {series} in study {study}")
+    return await _built(request, built[1], f"{tenant}/{series}/{built[0]}/{root}")
+
+
+async def study_metadata(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    tenant = tenant_of(request, settings)
+    study = uid(request, "study", "StudyInstanceUID")
+    builder = request.app[BUILDER]
+    root = root_for(request, settings, tenant)
+    pool = request.app[POOL]
+    versions = await json_meta.study_versions(pool, tenant, study)
+    if not versions:
+        raise NotFound(f"no study {study}")
+    path = StorageLayout(settings.storage_root).study_metadata_path(tenant, study)
+    if all(v.in_study_file for v in versions) and root == builder.root(tenant) and path.is_file():
+        return _file(path)
+    async with pool.acquire() as conn:
+        body = await builder.study(conn, tenant, study, root)
+    if body is None:
+        raise NotFound(f"no study {study}")
+    stamp = ",".join(f"{v.series_uid}:{v.version}" for v in sorted(versions, key=lambda v: v.series_uid))
+    return await _built(request, body, f"{tenant}/{study}/{stamp}/{root}")
+
+
+def _file(path: object) -> web.FileResponse:
+    return web.FileResponse(path, headers={"Content-Type": DICOM_JSON})  # type: ignore[arg-type]
+
+
+async def _built(request: web.Request, body: bytes, stamp: str) -> web.StreamResponse:
+    etag = hashlib.blake2b(stamp.encode(), digest_size=12).hexdigest()
+    if request.if_none_match and any(e.value == etag for e in request.if_none_match):
+        response = web.Response(status=304)
+        response.etag = etag
+        return response
+    response = web.Response(body=body, content_type=DICOM_JSON)
+    response.etag = etag
+    response.enable_compression()
+    return response
+
+
+def add_routes(app: web.Application, prefixes: tuple[str, ...]) -> None:
+    for prefix in prefixes:
+        app.router.add_get(f"{prefix}/studies/{{study}}/metadata", study_metadata)
+        app.router.add_get(f"{prefix}/studies/{{study}}/series/{{series}}/metadata", series_metadata)

@@ -1,0 +1,46 @@
+"""Which tenant a request is for, and the base URL the client reaches us by."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from egress.wado.errors import BadRequest
+from pipeline.errors import PacsflowError
+from pipeline.metadata import dicomweb_root
+from pipeline.models import TenantId, Uid
+from pipeline.settings import Settings
+
+
+def tenant_of(request: web.Request, settings: Settings) -> TenantId:
+    """``/dicomweb/...`` is the default tenant's; ``/tenants/<tenant>/dicomweb/...`` another's."""
+    name = request.match_info.get("tenant")
+    if name is None:
+        return settings.default_tenant
+    try:
+        return TenantId(name)
+    except PacsflowError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def uid(request: web.Request, name: str, what: str) -> Uid:
+    try:
+        return Uid(request.match_info[name], what)
+    except PacsflowError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def public_base(request: web.Request, settings: Settings) -> str:
+    """``PACSFLOW_PUBLIC_URL``; else what a proxy says (``Forwarded``, ``X-Forwarded-*``); else
+    the scheme and host the request came to."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    forwarded = request.forwarded[0] if request.forwarded else {}
+    proto = forwarded.get("proto") or request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+    host = forwarded.get("host") or request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    prefix = request.headers.get("X-Forwarded-Prefix", "").strip().rstrip("/")
+    return f"{proto or request.scheme}://{host or request.host}{prefix}"
+
+
+def root_for(request: web.Request, settings: Settings, tenant: TenantId) -> str:
+    """The tenant's DICOMweb root as this client reaches it: what BulkDataURIs start with."""
+    return dicomweb_root(public_base(request, settings), tenant, settings.default_tenant)
