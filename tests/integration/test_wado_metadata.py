@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from dicomweb_client.api import DICOMwebClient
 
 from tests.conftest import Scp, WorkerFactory, query
@@ -60,7 +61,8 @@ def get(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+        with error:  # it holds the connection: closed here, not by the garbage collector
+            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
 
 
 def current(dsn: str, series: str, count: int) -> bool:
@@ -121,11 +123,11 @@ def test_series_metadata_is_the_regenerated_file_gzipped_as_is_with_etag_and_cor
     status, _, _ = get(url, **{"If-None-Match": headers["etag"], "Accept-Encoding": "gzip"})
     assert status == 304
 
-    client = DICOMwebClient(f"{base}/dicomweb")
-    assert [sop_of(i) for i in client.retrieve_series_metadata(study, series)] == [
-        sop_of(i) for i in instances
-    ]
-    study_level = client.retrieve_study_metadata(study)
+    with requests.Session() as session:  # closed here: its sockets must not outlive the test
+        client = DICOMwebClient(f"{base}/dicomweb", session=session)
+        series_level = client.retrieve_series_metadata(study, series)
+        study_level = client.retrieve_study_metadata(study)
+    assert [sop_of(i) for i in series_level] == [sop_of(i) for i in instances]
     assert [sop_of(i) for i in study_level] == [sop_of(i) for i in instances]
 
     # Reached through a proxy under another name: URIs follow the client's view, built on demand.
@@ -188,4 +190,5 @@ def test_metadata_is_complete_before_the_window_closes_and_errors_are_readable(
     )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(refused, timeout=10)
-    assert caught.value.code == 403
+    with caught.value as error:
+        assert error.code == 403
