@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import orjson
 from pydicom import dcmread
 
 from pipeline import metadata
@@ -54,6 +57,43 @@ def write_metadata(path: Path, body: bytes) -> tuple[int, int]:
     write_atomic(path.with_name(path.name + ".gz"), [packed])
     write_atomic(path, [body])
     return len(body), len(packed)
+
+
+_STAMP_FILE = ".versions.json"
+_LOCK_FILE = ".lock"
+
+
+def write_fenced(
+    folder: Path, files: Sequence[tuple[Path, bytes, Mapping[str, int]]]
+) -> list[tuple[int, int]]:
+    """Write each ``(path, body, versions)`` unless a newer regeneration already wrote that file.
+
+    The advisory lock in PostgreSQL keeps regenerations of a study apart, but a worker whose
+    database session dropped mid-write no longer holds it while its thread still writes. Here,
+    under a file lock in the study's metadata folder, ``.versions.json`` records the series
+    versions each file was built from; a file is not replaced by one built from older versions.
+    Sizes are (0, 0) for a file left alone.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            stamps: dict[str, dict[str, int]] = orjson.loads((folder / _STAMP_FILE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            stamps = {}
+        sizes = []
+        for path, body, versions in files:
+            on_disk = stamps.get(path.name, {})
+            if any(on_disk.get(series, 0) > version for series, version in versions.items()):
+                sizes.append((0, 0))
+                continue
+            sizes.append(write_metadata(path, body))
+            stamps[path.name] = dict(versions)
+        write_atomic(folder / _STAMP_FILE, [orjson.dumps(stamps)])
+        return sizes
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class MetadataBuilder:
@@ -100,13 +140,20 @@ class MetadataBuilder:
             by_series[item.series_uid].append(body)
         root = self.root(tenant)
         layout = self._layout
+        versions = {s.series_uid: s.version for s in snapshot.series}
         files = [
-            (layout.series_metadata_path(tenant, study, Uid(s)), metadata.join_fragments(by_series[s], root))
+            (
+                layout.series_metadata_path(tenant, study, Uid(s)),
+                metadata.join_fragments(by_series[s], root),
+                {s: versions[s]},
+            )
             for s in stale
         ]
-        files.append((layout.study_metadata_path(tenant, study), metadata.join_fragments(fragments, root)))
+        study_path = layout.study_metadata_path(tenant, study)
+        files.append((study_path, metadata.join_fragments(fragments, root), versions))
+        folder = study_path.parent / study
         built = time.perf_counter()
-        writing = asyncio.ensure_future(asyncio.to_thread(lambda: [write_metadata(p, b) for p, b in files]))
+        writing = asyncio.ensure_future(asyncio.to_thread(write_fenced, folder, files))
         try:
             sizes = await asyncio.shield(writing)
         except asyncio.CancelledError:
@@ -115,9 +162,7 @@ class MetadataBuilder:
             await writing
             raise
         written = time.perf_counter()
-        await json_meta.mark_built(
-            conn, tenant, study, {s.series_uid: s.version for s in snapshot.series}, stale
-        )
+        await json_meta.mark_built(conn, tenant, study, versions, stale)
         return Regenerated(
             tenant=tenant,
             study=study,

@@ -18,6 +18,7 @@ from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from pipeline import metadata
 from pipeline.models import TenantId, Uid
+from pipeline.regeneration import write_fenced
 from pipeline.tables.metadata_window import cleanup_interval, parse_series_key, series_key
 from tests.support import dicomdata
 
@@ -169,3 +170,23 @@ def test_window_keys_and_cleanup_interval() -> None:
     assert parse_series_key(key) == ("default", STUDY, SERIES)
     assert cleanup_interval(2) == pytest.approx(0.2)
     assert cleanup_interval(1) == 0.1 and cleanup_interval(60) == 1.0
+
+
+def test_a_file_is_never_replaced_by_one_built_from_older_versions(tmp_path: Path) -> None:
+    folder = tmp_path / "metadata" / STUDY
+    series_file, study_file = folder / f"{SERIES}.json", tmp_path / "metadata" / f"{STUDY}.json"
+
+    def write(version: int, other: int, body: bytes) -> list[tuple[int, int]]:
+        return write_fenced(
+            folder,
+            [(series_file, body, {SERIES: version}), (study_file, body, {SERIES: version, "9.9": other})],
+        )
+
+    assert write(2, 1, b"[2]") == [(3, 23), (3, 23)]
+    # A late thread of a regeneration that lost its lock: built from version 1, it changes nothing.
+    assert write(1, 1, b"[1]") == [(0, 0), (0, 0)]
+    assert series_file.read_bytes() == study_file.read_bytes() == b"[2]"
+    assert gzip.decompress(series_file.with_name(series_file.name + ".gz").read_bytes()) == b"[2]"
+    # Another series of the study moved on: the study file is newer, the series file is not older.
+    assert write(2, 5, b"[5]") == [(3, 23), (3, 23)]
+    assert study_file.read_bytes() == b"[5]"
