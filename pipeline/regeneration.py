@@ -199,6 +199,22 @@ class MetadataBuilder:
         fragments = await asyncio.to_thread(self.fragments, tenant, snapshot.fragments)
         return metadata.join_fragments(fragments, root or self.root(tenant))
 
+    async def instance(
+        self,
+        conn: asyncpg.Connection,
+        tenant: TenantId,
+        study: Uid,
+        series: Uid,
+        sop: Uid,
+        root: str | None = None,
+    ) -> bytes | None:
+        """One instance's metadata (a one-element array); None for an unknown instance."""
+        found = await json_meta.read_instance(conn, tenant, study, series, sop)
+        if found is None:
+            return None
+        fragments = await asyncio.to_thread(self.fragments, tenant, [found])
+        return metadata.join_fragments(fragments, root or self.root(tenant))
+
     def fragments(self, tenant: TenantId, fragments: Sequence[json_meta.Fragment]) -> list[bytes]:
         """Every fragment's bytes; one indexed before fragments existed is built from its file."""
         return [item.body if item.body is not None else self._from_file(tenant, item) for item in fragments]

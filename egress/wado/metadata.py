@@ -1,5 +1,6 @@
 """WADO-RS metadata (PS3.18 10.4.1.1.2): series and study, from the regenerated files when they are
-current and reached by the same root; else built now from the index, the same way.
+current and reached by the same root; else built now from the index, the same way. An instance's
+is its fragment.
 
 Whether a file is current is one primary-key lookup (``json_meta.series_version``); a current file
 goes out through ``FileResponse`` (its pre-compressed ``.json.gz`` when the client accepts gzip,
@@ -63,6 +64,19 @@ async def study_metadata(request: web.Request) -> web.StreamResponse:
     return await _built(request, body, f"{tenant}/{study}/{stamp}/{root}")
 
 
+async def instance_metadata(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    tenant = tenant_of(request, settings)
+    study, series = uid(request, "study", "StudyInstanceUID"), uid(request, "series", "SeriesInstanceUID")
+    sop = uid(request, "instance", "SOPInstanceUID")
+    root = root_for(request, settings, tenant)
+    async with request.app[POOL].acquire() as conn:
+        body = await request.app[BUILDER].instance(conn, tenant, study, series, sop, root)
+    if body is None:
+        raise NotFound(f"no instance {sop} in series {series} of study {study}")
+    return await _built(request, body, f"{tenant}/{sop}/{hashlib.blake2b(body, digest_size=12).hexdigest()}")
+
+
 def _file(path: object) -> web.FileResponse:
     return web.FileResponse(path, headers={"Content-Type": DICOM_JSON})  # type: ignore[arg-type]
 
@@ -83,3 +97,6 @@ def add_routes(app: web.Application, prefixes: tuple[str, ...]) -> None:
     for prefix in prefixes:
         app.router.add_get(f"{prefix}/studies/{{study}}/metadata", study_metadata)
         app.router.add_get(f"{prefix}/studies/{{study}}/series/{{series}}/metadata", series_metadata)
+        app.router.add_get(
+            f"{prefix}/studies/{{study}}/series/{{series}}/instances/{{instance}}/metadata", instance_metadata
+        )

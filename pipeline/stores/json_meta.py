@@ -83,6 +83,20 @@ def _fragments(rows: Iterable[asyncpg.Record]) -> list[Fragment]:
     return [Fragment(r["series_uid"], r["sop_uid"], r["file_path"], r["json_fragment"]) for r in rows]
 
 
+async def read_instance(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, study: str, series: str, sop: str
+) -> Fragment | None:
+    row = await conn.fetchrow(
+        "SELECT series_uid, sop_uid, file_path, json_fragment FROM dicom_instance_meta"
+        " WHERE tenant_id = $1 AND study_uid = $2 AND series_uid = $3 AND sop_uid = $4",
+        tenant,
+        study,
+        series,
+        sop,
+    )
+    return _fragments([row])[0] if row is not None else None
+
+
 async def read_study(conn: asyncpg.Connection, tenant: str, study: str) -> StudySnapshot:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         versions = await conn.fetch(_VERSIONS, tenant, study)

@@ -161,6 +161,12 @@ def test_metadata_is_complete_before_the_window_closes_and_errors_are_readable(
     status, _, body = get(f"{base}/dicomweb/studies/{study}/metadata")
     assert status == 200
     check_instances(body, scp, f"{base}/dicomweb", 7)
+    sop = f"{series}.3"
+    status, _, body = get(f"{base}/dicomweb/studies/{study}/series/{series}/instances/{sop}/metadata")
+    assert status == 200
+    assert [sop_of(i) for i in check_instances(body, scp, f"{base}/dicomweb", 1)] == [sop]
+    status, _, body = get(f"{base}/dicomweb/studies/{study}/series/{series}/instances/{series}.99/metadata")
+    assert status == 404 and f"{series}.99" in json.loads(body)["error"]
 
     status, headers, body = get(
         f"{base}/dicomweb/studies/{study}/series/1.2.3/metadata", Origin="http://viewer.test"
