@@ -11,6 +11,7 @@ from.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from aiohttp import web
 
@@ -77,8 +78,8 @@ async def instance_metadata(request: web.Request) -> web.StreamResponse:
     return await _built(request, body, f"{tenant}/{sop}/{hashlib.blake2b(body, digest_size=12).hexdigest()}")
 
 
-def _file(path: object) -> web.FileResponse:
-    return web.FileResponse(path, headers={"Content-Type": DICOM_JSON})  # type: ignore[arg-type]
+def _file(path: Path) -> web.FileResponse:
+    return web.FileResponse(path, headers={"Content-Type": DICOM_JSON})
 
 
 async def _built(request: web.Request, body: bytes, stamp: str) -> web.StreamResponse:
