@@ -44,10 +44,11 @@ lint: install ## ruff, mypy (strict) and the import-linter contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install system-deps ## measure ingest (C-STORE), indexing (1 and 2 workers, latency) and metadata
+bench: install system-deps ## measure ingest (C-STORE), indexing (1 and 2 workers, latency), metadata and the DICOMweb read path
 	$(BIN)/python -m tests.bench.ingest
 	$(BIN)/python -m tests.bench.index
 	$(BIN)/python -m tests.bench.metadata
+	$(BIN)/python -m tests.bench.read
 
 clean: ## remove the virtual environment (keeps ./var, your data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -41,6 +41,6 @@ def create_app(settings: Settings) -> faust.App:
     cache = Cache(settings.redis_url, settings.redis_prefix)
     app.add_dependency(database)
     app.add_dependency(cache)
-    index.register(app, settings, database)
+    index.register(app, settings, database, cache)
     metadata.register(app, settings, database, cache)
     return app

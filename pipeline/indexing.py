@@ -44,6 +44,8 @@ class InstanceRow:
     trace_id: str
     json_fragment: bytes
     """The instance's DICOM JSON (``pipeline.metadata.fragment``): what series metadata is built from."""
+    frame_index: bytes | None = None
+    """Where each frame's bytes are in the file (``pipeline.frames``); None: read by parsing it."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class SeriesRow:
     series_description: str | None
     body_part_examined: str | None
     protocol_name: str | None
+    referring_physician_name: str | None
 
     def columns(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,7 +170,12 @@ def _checked_uid(event_value: str, header_value: object, what: str) -> Uid:
 
 
 def index_instance(
-    event: StorageEvent, header: Dataset, indexed: datetime, *, bulkdata_threshold: int = 1024
+    event: StorageEvent,
+    header: Dataset,
+    indexed: datetime,
+    *,
+    bulkdata_threshold: int = 1024,
+    frame_index: bytes | None = None,
 ) -> IndexedInstance:
     """Rows and the image record of one stored instance.
 
@@ -207,6 +215,7 @@ def index_instance(
         received_time=received,
         trace_id=event.TraceID,
         json_fragment=json_fragment,
+        frame_index=frame_index,
     )
     series_row = SeriesRow(
         tenant_id=tenant,
@@ -236,6 +245,7 @@ def index_instance(
         series_description=_text(header, "SeriesDescription", 256),
         body_part_examined=_text(header, "BodyPartExamined", 64),
         protocol_name=_text(header, "ProtocolName", 64),
+        referring_physician_name=_text(header, "ReferringPhysicianName", 64),
     )
     image = DicomImageMeta(
         tenant_id=tenant,

@@ -27,7 +27,7 @@ from pipeline.models import TenantId, Uid
 
 # Pixel data is always bulk data, however small: viewers fetch it as frames or bulk data anyway.
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_BULK_URI_KEY = b'"BulkDataURI":"'
+BULK_URI_KEY = b'"BulkDataURI":"'
 # gzip's mtime is fixed so that the same metadata always compresses to the same bytes.
 _GZIP_MTIME = 0
 
@@ -125,8 +125,8 @@ def join_fragments(fragments: Iterable[bytes], root: str) -> bytes:
     The byte replacement is exact: inside a JSON string a quote is escaped, so an unescaped
     ``"BulkDataURI":"`` can only be that key followed by the start of its value.
     """
-    absolute = _BULK_URI_KEY + root.rstrip("/").encode() + b"/"
-    return b"[" + b",".join(fragments).replace(_BULK_URI_KEY, absolute) + b"]"
+    absolute = BULK_URI_KEY + root.rstrip("/").encode() + b"/"
+    return b"[" + b",".join(fragments).replace(BULK_URI_KEY, absolute) + b"]"
 
 
 def compressed(body: bytes) -> bytes:

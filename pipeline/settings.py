@@ -74,6 +74,10 @@ class Settings:
     metadata_window_s: float
     bulkdata_threshold: int
     """Binary values longer than this (as base64) are BulkDataURIs in metadata, not inline."""
+    qido_max_limit: int
+    """Most results one QIDO-RS answer holds, whatever ``limit`` asks; beyond it, pages."""
+    cache_ttl_s: float
+    """How long Redis keeps a QIDO-RS answer or a built metadata answer."""
     dev_broker_port: int
     """Port of the broker `pacsflow dev` embeds; 0 picks a free one."""
     dev_postgres_port: int
@@ -454,6 +458,24 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "binary values longer than this many bytes (base64) are BulkDataURIs in metadata; "
             "pixel data always is",
             _int(16, 1 << 30),
+        ),
+    ),
+    (
+        "qido_max_limit",
+        Setting(
+            "PACSFLOW_QIDO_MAX_LIMIT",
+            "1000",
+            "most results one QIDO-RS answer holds (a larger `limit` is cut, with a Warning header)",
+            _int(1, 100_000),
+        ),
+    ),
+    (
+        "cache_ttl_s",
+        Setting(
+            "PACSFLOW_CACHE_TTL_S",
+            "10",
+            "seconds Redis keeps a QIDO-RS answer or built metadata (whole seconds, 1-3600)",
+            _whole_seconds(1, 3600),
         ),
     ),
     (

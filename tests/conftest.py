@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +91,8 @@ def scp(start_scp: ScpFactory, broker: Broker) -> Scp:
 SYSTEM_POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture
-def empty_database() -> Iterator[str]:
+@contextmanager
+def scratch_database() -> Iterator[str]:
     """A database of its own on the machine's PostgreSQL, with no tables; dropped afterwards."""
     name = f"pacsflow_test_{uuid.uuid4().hex[:12]}"
 
@@ -106,8 +107,16 @@ def empty_database() -> Iterator[str]:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as exc:
         require(False, f"PostgreSQL at {SYSTEM_POSTGRES} ({exc}); .ci/run starts it")
-    yield SYSTEM_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    try:
+        yield SYSTEM_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    with scratch_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture

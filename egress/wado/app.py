@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
 
-from egress.wado import metadata
+from egress.wado import metadata, qido, retrieve
+from egress.wado.access_log import ACCESS_LOG, AccessLogger, AccessLogPublisher, echo_trace_id, tracing
 from egress.wado.cors import cors
 from egress.wado.errors import errors
 from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
@@ -26,7 +28,9 @@ PREFIXES = ("/dicomweb", "/tenants/{tenant}/dicomweb")
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[cors(settings.cors_origins), errors])
+    app = web.Application()
+    app.middlewares.extend([tracing, cors(app, settings.cors_origins), errors])
+    app.on_response_prepare.append(echo_trace_id)
     app[SETTINGS] = settings
     app[BUILDER] = MetadataBuilder(
         StorageLayout(settings.storage_root),
@@ -36,8 +40,11 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_cache)
+    app.cleanup_ctx.append(_access_log)
     app.add_routes(routes)
     metadata.add_routes(app, PREFIXES)
+    qido.add_routes(app, PREFIXES)
+    retrieve.add_routes(app, PREFIXES)
     return app
 
 
@@ -59,9 +66,19 @@ async def _cache(app: web.Application) -> AsyncIterator[None]:
     await cache.stop()
 
 
+async def _access_log(app: web.Application) -> AsyncIterator[None]:
+    publisher = AccessLogPublisher(app[SETTINGS])
+    publisher.start()
+    app[ACCESS_LOG] = publisher
+    yield
+    await publisher.stop()
+
+
 async def serve(settings: Settings) -> None:
     stop = lifecycle.stop_on_signals()
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    runner = web.AppRunner(
+        create_app(settings), access_log=logging.getLogger("pacsflow.access"), access_log_class=AccessLogger
+    )
     await runner.setup()
     # reuse_port: several web processes can share the port when one core is not enough.
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=True)

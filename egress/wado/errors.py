@@ -31,6 +31,10 @@ class NotFound(PacsflowError):
     """What the request names does not exist for this tenant (404)."""
 
 
+class NotAcceptable(PacsflowError):
+    """No representation the request accepts can be made (406), with the reason."""
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -39,6 +43,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return problem(400, str(exc))
     except NotFound as exc:
         return problem(404, str(exc))
+    except NotAcceptable as exc:
+        return problem(406, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

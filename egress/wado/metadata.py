@@ -16,12 +16,13 @@ from pathlib import Path
 from aiohttp import web
 
 from egress.wado.errors import NotFound
-from egress.wado.keys import BUILDER, POOL, SETTINGS
+from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
 from egress.wado.urls import root_for, tenant_of, uid
 from pipeline.stores import json_meta
 from pipeline.stores.files import StorageLayout
 
 DICOM_JSON = "application/dicom+json"
+CACHED_AT_MOST = 1 << 20
 
 
 async def series_metadata(request: web.Request) -> web.StreamResponse:
@@ -37,10 +38,16 @@ async def series_metadata(request: web.Request) -> web.StreamResponse:
     path = StorageLayout(settings.storage_root).series_metadata_path(tenant, study, series)
     if version.series_current and root == builder.root(tenant) and path.is_file():
         return _file(path)
+    cache = request.app[CACHE]
+    key = cache.series_key(tenant, study, series)
+    body = await cache.get(key, f"{version.version}/{root}")
+    if body is not None:
+        return await _built(request, body, f"{tenant}/{series}/{version.version}/{root}")
     async with pool.acquire() as conn:
         built = await builder.series(conn, tenant, study, series, root)
     if built is None:
         raise NotFound(f"no series {series} in study {study}")
+    await _keep(request, key, f"{built[0]}/{root}", built[1])
     return await _built(request, built[1], f"{tenant}/{series}/{built[0]}/{root}")
 
 
@@ -57,11 +64,19 @@ async def study_metadata(request: web.Request) -> web.StreamResponse:
     path = StorageLayout(settings.storage_root).study_metadata_path(tenant, study)
     if all(v.in_study_file for v in versions) and root == builder.root(tenant) and path.is_file():
         return _file(path)
-    async with pool.acquire() as conn:
-        body = await builder.study(conn, tenant, study, root)
-    if body is None:
-        raise NotFound(f"no study {study}")
     stamp = ",".join(f"{v.series_uid}:{v.version}" for v in sorted(versions, key=lambda v: v.series_uid))
+    cache = request.app[CACHE]
+    key = cache.study_key(tenant, study)
+    field = hashlib.blake2b(f"{stamp}/{root}".encode(), digest_size=16).hexdigest()
+    body = await cache.get(key, field)
+    if body is None:
+        async with pool.acquire() as conn:
+            body = await builder.study(conn, tenant, study, root)
+        if body is None:
+            raise NotFound(f"no study {study}")
+        # Built from a snapshot at least as new as ``versions``: kept under their stamp, it is
+        # never older than what that stamp says.
+        await _keep(request, key, field, body)
     return await _built(request, body, f"{tenant}/{study}/{stamp}/{root}")
 
 
@@ -76,6 +91,12 @@ async def instance_metadata(request: web.Request) -> web.StreamResponse:
     if body is None:
         raise NotFound(f"no instance {sop} in series {series} of study {study}")
     return await _built(request, body, f"{tenant}/{sop}/{hashlib.blake2b(body, digest_size=12).hexdigest()}")
+
+
+async def _keep(request: web.Request, key: str, field: str, body: bytes) -> None:
+    """Cache an answer built on demand, when it is small: a regeneration deletes the key."""
+    if len(body) <= CACHED_AT_MOST:
+        await request.app[CACHE].put(key, body, request.app[SETTINGS].cache_ttl_s, field=field)
 
 
 def _file(path: Path) -> web.FileResponse:

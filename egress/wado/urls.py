@@ -38,7 +38,23 @@ def public_base(request: web.Request, settings: Settings) -> str:
     proto = forwarded.get("proto") or request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
     host = forwarded.get("host") or request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
     prefix = request.headers.get("X-Forwarded-Prefix", "").strip().rstrip("/")
-    return f"{proto or request.scheme}://{host or request.host}{prefix}"
+    scheme = proto or request.scheme
+    return f"{scheme}://{host or _direct_host(request, scheme)}{prefix}"
+
+
+def _direct_host(request: web.Request, scheme: str) -> str:
+    """The Host header, with the port the connection came to when the header leaves it out.
+
+    dicomweb-client sends ``Host: 127.0.0.1`` to ``http://127.0.0.1:8080``: taken as it is, every
+    BulkDataURI would point at port 80.
+    """
+    host = request.host
+    if host.endswith("]") or ":" not in host:  # no port (an IPv6 literal ends with "]" without one)
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+        if port and port != {"http": 80, "https": 443}.get(scheme):
+            return f"{host}:{port}"
+    return host
 
 
 def root_for(request: web.Request, settings: Settings, tenant: TenantId) -> str:

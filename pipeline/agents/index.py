@@ -20,9 +20,10 @@ import asyncpg
 import faust
 from pydicom import dcmread
 
-from pipeline import log, metadata, topics
+from pipeline import frames, log, metadata, topics
 from pipeline.agents.channels import study_keyed
 from pipeline.agents.database import Database
+from pipeline.cache import Cache
 from pipeline.errors import PacsflowError
 from pipeline.indexing import IndexedInstance, UnindexableInstance, index_instance, state_record
 from pipeline.models import (
@@ -83,9 +84,10 @@ async def batches(events: AsyncIterator[E], size: int, within: float) -> AsyncIt
 
 
 class Indexer:
-    def __init__(self, settings: Settings, database: Database, app: faust.App) -> None:
+    def __init__(self, settings: Settings, database: Database, cache: Cache, app: faust.App) -> None:
         self._settings = settings
         self._database = database
+        self._cache = cache
         self._app = app
         self._layout = StorageLayout(settings.storage_root)
         self._state = study_keyed(app, topics.DICOM_STATE_QUEUE, DicomStateMeta)
@@ -109,6 +111,8 @@ class Indexer:
         dead += rejected
         written = [i for i in indexed if not any(d.event is i.event for d in rejected)]
         await self._retry("broker", lambda: self._publish(written, counts, dead))
+        # Cached QIDO-RS answers of these tenants are now stale.
+        await self._cache.bump(item.instance.instance.tenant_id for item in written)
         self._log_batch(events, len(written), len(dead), started)
 
     def _read_all(self, parsed: Sequence[tuple[StorageEvent, bytes]]) -> tuple[list[_Indexed], list[Dead]]:
@@ -140,7 +144,9 @@ class Indexer:
             raise UnindexableInstance(f"file missing: {path}")
         threshold = self._settings.bulkdata_threshold
         dataset = dcmread(path, defer_size=metadata.deferred_size(threshold))
-        indexed = index_instance(event, dataset, now, bulkdata_threshold=threshold)
+        indexed = index_instance(
+            event, dataset, now, bulkdata_threshold=threshold, frame_index=frames.frame_index(dataset)
+        )
         if indexed.unconverted:
             _log.warning(
                 "elements_not_in_metadata",
@@ -241,10 +247,10 @@ class _Indexed:
     instance: IndexedInstance
 
 
-def register(app: faust.App, settings: Settings, database: Database) -> None:
+def register(app: faust.App, settings: Settings, database: Database, cache: Cache) -> None:
     """Declare the index agent on ``app``."""
     storage = study_keyed(app, topics.STORAGE_QUEUE, bytes, settings.kafka_partitions)
-    indexer = Indexer(settings, database, app)
+    indexer = Indexer(settings, database, cache, app)
 
     @app.agent(storage, name="index_instance")
     async def index_instance_agent(stream: faust.StreamT[bytes]) -> None:

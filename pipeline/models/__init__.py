@@ -4,7 +4,7 @@ This package imports nothing of pacsflow's but ``pipeline.errors`` (an import-li
 """
 
 from pipeline.models.deadletter import StorageDeadLetter
-from pipeline.models.doris import DicomImageMeta, DicomObjectMeta, DicomStateMeta
+from pipeline.models.doris import DicomImageMeta, DicomObjectMeta, DicomStateMeta, WadoAccessLog
 from pipeline.models.identifiers import TenantId, Uid
 from pipeline.models.storage import StorageEvent
 
@@ -16,4 +16,5 @@ __all__ = [
     "StorageEvent",
     "TenantId",
     "Uid",
+    "WadoAccessLog",
 ]

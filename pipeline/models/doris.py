@@ -116,3 +116,22 @@ class DicomImageMeta(faust.Record, serializer="json", include_metadata=False):
     image_status: str
     space_size: int
     created_time: str
+
+
+class WadoAccessLog(faust.Record, serializer="json", include_metadata=False):
+    """One DICOMweb request answered by ``pacsflow web`` (Doris ``wado_access_log``), on
+    ``wado_access_log``."""
+
+    tenant_id: str
+    route: str
+    """The route's pattern (``/dicomweb/studies/{study}/series``), not the URL with its UIDs."""
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    status: int
+    bytes: int
+    duration_ms: float
+    client_address: str | None
+    trace_id: str
+    created_time: str
+    worker_node_id: str

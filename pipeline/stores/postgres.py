@@ -75,7 +75,7 @@ async def migrate(dsn: str) -> list[str]:
 _INSTANCE_COLUMNS = (
     "tenant_id", "study_uid", "series_uid", "sop_uid", "sop_class_uid", "instance_number",
     "transfer_syntax_uid", "number_of_frames", "rows", "columns", "file_path", "file_size",
-    "received_time", "trace_id", "json_fragment",
+    "received_time", "trace_id", "json_fragment", "frame_index",
 )  # fmt: skip
 _UPSERT_INSTANCE = f"""
 INSERT INTO dicom_instance_meta ({", ".join(_INSTANCE_COLUMNS)})

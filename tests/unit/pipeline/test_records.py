@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.models import DicomImageMeta, DicomObjectMeta, DicomStateMeta, StorageEvent
+from pipeline.models import DicomImageMeta, DicomObjectMeta, DicomStateMeta, StorageEvent, WadoAccessLog
 from pipeline.models.formats import doris_date, doris_datetime, uid_hash
 from tests.support.doris import routine_load_columns
 
@@ -31,6 +31,10 @@ def test_state_and_image_records_are_their_jobs_columns_but_what_doris_computes(
     assert list(DicomStateMeta._options.fields) == routine_load_columns("dicom_state_queue")
     assert list(DicomImageMeta._options.fields) == routine_load_columns("dicom_image_queue")
     assert routine_load_columns("dicom_state_queue", computed=True)[-1] == "updated_time"
+
+
+def test_wado_access_log_is_its_jobs_columns() -> None:
+    assert list(WadoAccessLog._options.fields) == routine_load_columns("wado_access_log")
 
 
 def test_storage_event_carries_the_seed_message_body() -> None:

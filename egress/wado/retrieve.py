@@ -1,0 +1,310 @@
+"""WADO-RS retrieval (PS3.18 10.4): instances, frames, bulk data, rendered images and thumbnails.
+
+Instances go out as the files were stored (their datasets byte for byte) unless the request asks for
+another transfer syntax, streamed part by part so that a study never sits in memory. Frames are
+read through the frame index the index agent stored (one seek per frame); instances indexed
+without one are parsed. Anything that decodes pixels runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from aiohttp import web
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from egress.wado import accept, rendering, transcode
+from egress.wado.accept import ANY_SYNTAX, IMAGE_MEDIA_TYPES, NATIVE, MediaRange, syntax_name
+from egress.wado.errors import BadRequest, NotAcceptable, NotFound
+from egress.wado.keys import POOL, SETTINGS
+from egress.wado.urls import tenant_of, uid
+from pipeline import frames
+from pipeline.stores import instances
+from pipeline.stores.files import StorageLayout
+from pipeline.stores.instances import StoredInstance
+
+CHUNK = 1 << 20
+DICOM = "application/dicom"
+OCTETS = "application/octet-stream"
+
+
+class Multipart:
+    """A ``multipart/related`` answer written part by part (PS3.18 8.6.1.2)."""
+
+    def __init__(self, media_type: str) -> None:
+        self.boundary = uuid.uuid4().hex
+        self.response = web.StreamResponse(
+            headers={"Content-Type": f'multipart/related; type="{media_type}"; boundary={self.boundary}'}
+        )
+
+    async def start(self, request: web.Request) -> bool:
+        """Send the headers; False for HEAD, which gets no parts."""
+        await self.response.prepare(request)
+        return request.method != "HEAD"
+
+    async def part(self, content_type: str, body: bytes | AsyncIterator[bytes]) -> None:
+        await self.response.write(f"--{self.boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
+        if isinstance(body, bytes):
+            await self.response.write(body)
+        else:
+            async for chunk in body:
+                await self.response.write(chunk)
+        await self.response.write(b"\r\n")
+
+    async def finish(self) -> web.StreamResponse:
+        await self.response.write(f"--{self.boundary}--\r\n".encode())
+        await self.response.write_eof()
+        return self.response
+
+
+async def _chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as file:
+        while chunk := await asyncio.to_thread(file.read, CHUNK):
+            yield chunk
+
+
+def _layout(request: web.Request) -> StorageLayout:
+    return StorageLayout(request.app[SETTINGS].storage_root)
+
+
+async def _instances(request: web.Request) -> list[StoredInstance]:
+    tenant = tenant_of(request, request.app[SETTINGS])
+    study = uid(request, "study", "StudyInstanceUID")
+    series = uid(request, "series", "SeriesInstanceUID") if "series" in request.match_info else None
+    sop = uid(request, "instance", "SOPInstanceUID") if "instance" in request.match_info else None
+    found = await instances.find(request.app[POOL], tenant, study, series, sop)
+    if not found:
+        what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
+        raise NotFound(f"no {what}" + (f" in study {study}" if series or sop else ""))
+    return found
+
+
+def _dicom_syntax(ranges: Sequence[MediaRange], stored: str) -> str | None:
+    """What to send an instance stored in ``stored`` as; None when no range can be met."""
+    for media in ranges:
+        if media.media_type not in (DICOM, "*/*", "application/*"):
+            continue
+        # PS3.18 8.7.3.5.2: application/dicom without a transfer syntax means Explicit VR Little Endian.
+        wanted = media.transfer_syntax or (
+            ExplicitVRLittleEndian if media.media_type == DICOM else ANY_SYNTAX
+        )
+        if wanted in (ANY_SYNTAX, stored):
+            return stored
+        if transcode.can_transcode(stored, wanted):
+            return wanted
+    return None
+
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    """A study, a series or an instance, as ``multipart/related; type="application/dicom"``."""
+    found = await _instances(request)
+    ranges = accept.parse(request.headers.get("Accept"))
+    plan: list[tuple[StoredInstance, str]] = []
+    for instance in found:
+        syntax = _dicom_syntax(ranges, instance.transfer_syntax_uid)
+        if syntax is None:
+            raise NotAcceptable(
+                f"instance {instance.sop_uid} is stored as {syntax_name(instance.transfer_syntax_uid)} "
+                f"and cannot be converted to what Accept asks ({request.headers.get('Accept')!r}); "
+                "ask for transfer-syntax=* to get it as stored"
+            )
+        plan.append((instance, syntax))
+    out = Multipart(DICOM)
+    if not await out.start(request):
+        return out.response
+    layout = _layout(request)
+    for instance, syntax in plan:
+        path = layout.root / instance.file_path
+        content_type = f"{DICOM}; transfer-syntax={syntax}"
+        if syntax == instance.transfer_syntax_uid:
+            await out.part(content_type, _chunks(path))
+        else:
+            await out.part(content_type, await asyncio.to_thread(transcode.transcode, path, syntax))
+    return await out.finish()
+
+
+def _frame_numbers(text: str) -> list[int]:
+    numbers = []
+    for piece in text.replace("%2C", ",").split(","):
+        piece = piece.strip()
+        if not piece.isdigit():
+            raise BadRequest(f"frame list {text!r}: {piece!r} is not a frame number (1, 2, ...)")
+        number = int(piece)
+        if number < 1:
+            raise BadRequest(f"frame list {text!r}: frames are numbered from 1")
+        numbers.append(number)
+    return numbers
+
+
+def _frame_syntax(ranges: Sequence[MediaRange], stored: str) -> tuple[str, str] | None:
+    """(transfer syntax, part media type) for frames of an instance stored in ``stored``."""
+    native = stored in NATIVE
+    as_stored = ExplicitVRLittleEndian if native else stored
+    for media in ranges:
+        wanted = media.transfer_syntax
+        if media.media_type in ("*/*", "application/*") and wanted in (None, ANY_SYNTAX):
+            return as_stored, OCTETS if native else IMAGE_MEDIA_TYPES.get(stored, OCTETS)
+        if media.media_type == OCTETS:
+            wanted = wanted or ExplicitVRLittleEndian
+            if wanted in (ANY_SYNTAX, as_stored):
+                return as_stored, OCTETS
+            if wanted == ExplicitVRLittleEndian and transcode.decodable(stored):
+                return ExplicitVRLittleEndian, OCTETS
+        elif media.media_type == IMAGE_MEDIA_TYPES.get(stored) and wanted in (None, ANY_SYNTAX, stored):
+            return stored, media.media_type
+    return None
+
+
+async def _read_frames(path: Path, instance: StoredInstance, numbers: list[int], syntax: str) -> list[bytes]:
+    if syntax != ExplicitVRLittleEndian or instance.transfer_syntax_uid in NATIVE:
+        if instance.frame_index is not None:
+            return await asyncio.to_thread(frames.read_frames, path, instance.frame_index, numbers)
+        return await asyncio.to_thread(frames.read_frames_parsing, path, numbers)
+    return [await asyncio.to_thread(transcode.decode_frame, path, n) for n in numbers]
+
+
+async def frame_list(request: web.Request) -> web.StreamResponse:
+    """``/frames/{list}``: the frames asked for, in order, each in its own part."""
+    numbers = _frame_numbers(request.match_info["frames"])
+    (instance,) = await _instances(request)
+    if not instance.number_of_frames:
+        raise NotFound(f"instance {instance.sop_uid} has no frames (no pixel data)")
+    beyond = [n for n in numbers if n > instance.number_of_frames]
+    if beyond:
+        raise NotFound(
+            f"instance {instance.sop_uid} has {instance.number_of_frames} frame(s); "
+            f"there is no frame {', '.join(map(str, beyond))}"
+        )
+    chosen = _frame_syntax(accept.parse(request.headers.get("Accept")), instance.transfer_syntax_uid)
+    if chosen is None:
+        raise NotAcceptable(
+            f"frames of instance {instance.sop_uid} are stored as "
+            f"{syntax_name(instance.transfer_syntax_uid)}; Accept {request.headers.get('Accept')!r} "
+            "asks for what cannot be made from them (transfer-syntax=* gets them as stored)"
+        )
+    syntax, media_type = chosen
+    path = _layout(request).root / instance.file_path
+    try:
+        data = await _read_frames(path, instance, numbers, syntax)
+    except frames.FrameNotFound as exc:
+        raise NotFound(str(exc)) from None
+    out = Multipart(media_type)
+    if not await out.start(request):
+        return out.response
+    for frame in data:
+        await out.part(f"{media_type}; transfer-syntax={syntax}", frame)
+    return await out.finish()
+
+
+def _bulk_value(path: Path, segments: list[str]) -> bytes | None:
+    """The value a BulkDataURI's path names (``7FE00010`` or ``00880200/0/7FE00010``)."""
+    nested = len(segments) > 1
+    # Top level: deferred, so only the value asked for is read (pydicom seeks to it).
+    ds: Dataset = dcmread(path, defer_size=None if nested else 1024)
+    try:
+        for position in range(0, len(segments) - 1, 2):
+            ds = ds[int(segments[position], 16)].value[int(segments[position + 1])]
+        value = ds[int(segments[-1], 16)].value
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return bytes(value) if isinstance(value, bytes | bytearray) else None
+
+
+async def bulkdata(request: web.Request) -> web.StreamResponse:
+    segments = [s for s in request.match_info["path"].split("/") if s]
+    valid = len(segments) % 2 == 1 and all(
+        len(s) == 8 and all(c in "0123456789abcdefABCDEF" for c in s) if i % 2 == 0 else s.isdigit()
+        for i, s in enumerate(segments)
+    )
+    if not valid:
+        raise BadRequest(
+            f"bulk data path {request.match_info['path']!r}: it is a tag (ggggeeee), or sequence tag, "
+            "item index and tag (00880200/0/7FE00010)"
+        )
+    (instance,) = await _instances(request)
+    path = _layout(request).root / instance.file_path
+    if segments == ["7FE00010"] and instance.number_of_frames:
+        # Pixel data: its frames (compressed ones cannot be cut from one value).
+        numbers = list(range(1, instance.number_of_frames + 1))
+        parts = await _read_frames(path, instance, numbers, instance.transfer_syntax_uid)
+        native = instance.transfer_syntax_uid in NATIVE
+        if native:
+            parts = [b"".join(parts)]
+        syntax = ExplicitVRLittleEndian if native else instance.transfer_syntax_uid
+    else:
+        value = await asyncio.to_thread(_bulk_value, path, segments)
+        if value is None:
+            raise NotFound(f"instance {instance.sop_uid} has no binary value at {'/'.join(segments)}")
+        parts, syntax = [value], ""
+    out = Multipart(OCTETS)
+    if not await out.start(request):
+        return out.response
+    for part in parts:
+        await out.part(f"{OCTETS}; transfer-syntax={syntax}" if syntax else OCTETS, part)
+    return await out.finish()
+
+
+async def _render(
+    request: web.Request, instance: StoredInstance, frame: int, thumbnail: bool
+) -> web.Response:
+    options = rendering.RenderOptions.parse(request.query, thumbnail=thumbnail)
+    media_type = rendering.choose_media_type(request.headers.get("Accept"))
+    if media_type is None:
+        raise NotAcceptable(
+            f"rendered images are {' or '.join(rendering.MEDIA_TYPES)}; "
+            f"Accept {request.headers.get('Accept')!r} excludes both"
+        )
+    if not instance.number_of_frames:
+        raise BadRequest(f"instance {instance.sop_uid} has no pixel data to render")
+    if frame > instance.number_of_frames:
+        raise NotFound(
+            f"instance {instance.sop_uid} has {instance.number_of_frames} frame(s); no frame {frame}"
+        )
+    path = _layout(request).root / instance.file_path
+    try:
+        body = await asyncio.to_thread(rendering.render, path, frame, options, media_type)
+    except rendering.RenderError as exc:
+        raise NotAcceptable(str(exc)) from None
+    return web.Response(body=body, content_type=media_type)
+
+
+async def rendered(request: web.Request) -> web.StreamResponse:
+    (instance,) = await _instances(request)
+    frame = _frame_numbers(request.match_info.get("frames", "1"))
+    if len(frame) != 1:
+        raise BadRequest("a rendered frame is one frame")
+    return await _render(request, instance, frame[0], thumbnail=False)
+
+
+async def thumbnail(request: web.Request) -> web.StreamResponse:
+    """Of an instance or a frame; of a series, its middle image; of a study, that of its first series."""
+    found = [i for i in await _instances(request) if i.number_of_frames]
+    if not found:
+        raise NotFound("nothing here has pixel data to make a thumbnail of")
+    if "instance" in request.match_info:
+        frame = _frame_numbers(request.match_info.get("frames", "1"))
+        if len(frame) != 1:
+            raise BadRequest("a thumbnail is of one frame")
+        return await _render(request, found[0], frame[0], thumbnail=True)
+    series = [i for i in found if i.series_uid == found[0].series_uid]
+    return await _render(request, series[len(series) // 2], 1, thumbnail=True)
+
+
+def add_routes(app: web.Application, prefixes: tuple[str, ...]) -> None:
+    for prefix in prefixes:
+        study = f"{prefix}/studies/{{study}}"
+        series = f"{study}/series/{{series}}"
+        instance = f"{series}/instances/{{instance}}"
+        for path in (study, series, instance):
+            app.router.add_get(path, retrieve)
+            app.router.add_get(f"{path}/thumbnail", thumbnail)
+        app.router.add_get(f"{instance}/frames/{{frames}}", frame_list)
+        app.router.add_get(f"{instance}/rendered", rendered)
+        app.router.add_get(f"{instance}/frames/{{frames}}/rendered", rendered)
+        app.router.add_get(f"{instance}/frames/{{frames}}/thumbnail", thumbnail)
+        app.router.add_get(f"{instance}/bulkdata/{{path:.+}}", bulkdata)

@@ -1,0 +1,47 @@
+"""The index's answer to "which files make this study, series or instance": what WADO-RS retrieves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    number_of_frames: int | None
+    file_path: str
+    """Relative to the storage root."""
+    frame_index: bytes | None
+    """``pipeline.frames.frame_index``; None: frames are read by parsing the file."""
+
+
+_COLUMNS = ", ".join(f"i.{name}" for name in StoredInstance.__dataclass_fields__)
+
+
+async def find(
+    pool: asyncpg.Pool, tenant: str, study: str, series: str | None = None, sop: str | None = None
+) -> list[StoredInstance]:
+    """The instances of a study, or of one of its series, or one instance; in viewing order
+    (series by number, instances by number)."""
+    rows = await pool.fetch(
+        f"""
+        SELECT {_COLUMNS}
+        FROM dicom_instance_meta i
+        LEFT JOIN dicom_state_meta s
+          ON s.tenant_id = i.tenant_id AND s.study_uid = i.study_uid AND s.series_uid = i.series_uid
+        WHERE i.tenant_id = $1 AND i.study_uid = $2
+          AND ($3::text IS NULL OR i.series_uid = $3) AND ($4::text IS NULL OR i.sop_uid = $4)
+        ORDER BY s.series_number NULLS LAST, i.series_uid, i.instance_number NULLS LAST, i.sop_uid
+        """,  # noqa: S608  # our own column names
+        tenant,
+        study,
+        series,
+        sop,
+    )
+    return [StoredInstance(**dict(row)) for row in rows]

@@ -1,0 +1,392 @@
+"""QIDO-RS searches over the PostgreSQL index: what can be matched, how (PS3.4 C.2.2.2), and the SQL.
+
+Matching is done on columns of the index, never on parsed files: a key that has no column cannot
+be matched and says so (``InvalidQuery``) rather than being ignored. What an answer *returns* comes
+from each hit's instance fragment (``pipeline.metadata``), so a returned value is exactly what the
+metadata says. Results come in a total order (date, then UIDs), so pages never repeat or skip.
+
+Statements are assembled from this module's own column names; values are always parameters.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, time
+from typing import Any
+
+import asyncpg
+
+from pipeline.errors import PacsflowError
+from pipeline.indexing import parse_da, parse_tm
+from pipeline.models import TenantId, Uid
+
+
+class InvalidQuery(PacsflowError):
+    """A query key or value that cannot be searched by, with the reason."""
+
+
+class Level(enum.IntEnum):
+    STUDY = 1
+    SERIES = 2
+    INSTANCE = 3
+
+
+class Match(enum.Enum):
+    UID = "a UID or a list of UIDs (separated by \\ or ,)"
+    DATE = "a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD (either side may be left out)"
+    TIME = "a time HHMMSS[.FFFFFF] or a range of them"
+    NAME = "a person name, with * and ? wildcards"
+    TEXT = "a value, with * and ? wildcards"
+    CODE = "a code, a list of codes (separated by \\ or ,), or a pattern with * and ?"
+    NUMBER = "a whole number"
+    MODALITIES = "a modality or a list of modalities (separated by \\ or ,)"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    keyword: str
+    tag: str
+    """``ggggeeee``, as DICOM JSON names it."""
+    level: Level
+    match: Match | None
+    """None: returned, never matched (computed, or not a column)."""
+    column: str = ""
+
+
+# Columns are ``s.`` (dicom_state_meta: one row per series, with its study and patient) or ``i.``
+# (dicom_instance_meta).
+_CATALOGUE = (
+    Attribute("StudyInstanceUID", "0020000D", Level.STUDY, Match.UID, "s.study_uid"),
+    Attribute("StudyDate", "00080020", Level.STUDY, Match.DATE, "s.study_date"),
+    Attribute("StudyTime", "00080030", Level.STUDY, Match.TIME, "s.study_time"),
+    Attribute("AccessionNumber", "00080050", Level.STUDY, Match.TEXT, "s.accession_number"),
+    Attribute("ReferringPhysicianName", "00080090", Level.STUDY, Match.NAME, "s.referring_physician_name"),
+    Attribute("PatientName", "00100010", Level.STUDY, Match.NAME, "s.patient_name"),
+    Attribute("PatientID", "00100020", Level.STUDY, Match.TEXT, "s.patient_id"),
+    Attribute("PatientBirthDate", "00100030", Level.STUDY, Match.DATE, "s.patient_birth_date"),
+    Attribute("PatientSex", "00100040", Level.STUDY, Match.CODE, "s.patient_sex"),
+    Attribute("StudyID", "00200010", Level.STUDY, Match.TEXT, "s.study_id"),
+    Attribute("StudyDescription", "00081030", Level.STUDY, Match.TEXT, "s.study_description"),
+    Attribute("ModalitiesInStudy", "00080061", Level.STUDY, Match.MODALITIES, "s.modality"),
+    Attribute("NumberOfStudyRelatedSeries", "00201206", Level.STUDY, None),
+    Attribute("NumberOfStudyRelatedInstances", "00201208", Level.STUDY, None),
+    Attribute("SeriesInstanceUID", "0020000E", Level.SERIES, Match.UID, "s.series_uid"),
+    Attribute("Modality", "00080060", Level.SERIES, Match.CODE, "s.modality"),
+    Attribute("SeriesNumber", "00200011", Level.SERIES, Match.NUMBER, "s.series_number"),
+    Attribute("SeriesDate", "00080021", Level.SERIES, Match.DATE, "s.series_date"),
+    Attribute("SeriesTime", "00080031", Level.SERIES, Match.TIME, "s.series_time"),
+    Attribute("SeriesDescription", "0008103E", Level.SERIES, Match.TEXT, "s.series_description"),
+    Attribute("BodyPartExamined", "00180015", Level.SERIES, Match.CODE, "s.body_part_examined"),
+    Attribute("ProtocolName", "00181030", Level.SERIES, Match.TEXT, "s.protocol_name"),
+    Attribute("NumberOfSeriesRelatedInstances", "00201209", Level.SERIES, None),
+    Attribute("SOPInstanceUID", "00080018", Level.INSTANCE, Match.UID, "i.sop_uid"),
+    Attribute("SOPClassUID", "00080016", Level.INSTANCE, Match.UID, "i.sop_class_uid"),
+    Attribute("InstanceNumber", "00200013", Level.INSTANCE, Match.NUMBER, "i.instance_number"),
+    Attribute("NumberOfFrames", "00280008", Level.INSTANCE, Match.NUMBER, "i.number_of_frames"),
+    Attribute("Rows", "00280010", Level.INSTANCE, Match.NUMBER, "i.rows"),
+    Attribute("Columns", "00280011", Level.INSTANCE, Match.NUMBER, "i.columns"),
+)
+BY_KEYWORD = {a.keyword: a for a in _CATALOGUE}
+BY_TAG = {a.tag: a for a in _CATALOGUE}
+
+
+@dataclass(frozen=True)
+class Condition:
+    attribute: Attribute
+    value: str
+
+
+@dataclass(frozen=True)
+class Search:
+    level: Level
+    tenant: TenantId
+    study: str | None = None
+    """The study the route names (``/studies/{study}/...``), if any."""
+    series: str | None = None
+    conditions: Sequence[Condition] = ()
+    fuzzy: bool = False
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Hit:
+    study_uid: str
+    series_uid: str | None
+    sop_uid: str | None
+    fragment: bytes | None
+    """A representative instance's DICOM JSON: the values returned come from it."""
+    series_count: int | None = None
+    instance_count: int | None = None
+    modalities: tuple[str, ...] = ()
+
+
+@dataclass
+class _Where:
+    """Conditions and their parameters, numbered as they are added (``$1`` is the tenant)."""
+
+    params: list[object]
+    state: list[str] = field(default_factory=list)
+    instance: list[str] = field(default_factory=list)
+    having: list[str] = field(default_factory=list)
+
+    def param(self, value: object) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}"
+
+    def add(self, column: str, sql: str) -> None:
+        (self.instance if column.startswith("i.") else self.state).append(sql)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in re.split(r"[\\,]", value) if v.strip()]
+
+
+def _like(value: str) -> str:
+    """A DICOM wildcard pattern as a LIKE pattern (``\\`` is LIKE's escape)."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def _range(value: str, parse: object, what: str) -> tuple[object | None, object | None]:
+    assert callable(parse)
+    low, dash, high = value.partition("-")
+    bounds: list[Any] = []
+    for text in (low, high) if dash else (low,):
+        text = text.strip()
+        if not text:
+            bounds.append(None)
+            continue
+        parsed = parse(text)
+        if parsed is None:
+            raise ValueError(f"{text!r} is not {what}")
+        bounds.append(parsed)
+    if not dash:
+        return bounds[0], bounds[0]
+    if bounds[0] is None and bounds[1] is None:
+        raise ValueError("a range needs at least one end")
+    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+        raise ValueError(f"the range starts after it ends ({low} > {high})")
+    return bounds[0], bounds[1]
+
+
+def _strict_da(text: str) -> date | None:
+    return parse_da(text) if len(text) == 8 else None
+
+
+def _strict_tm(text: str) -> time | None:
+    return parse_tm(text) if ":" not in text else None
+
+
+def _fuzzy_regex(value: str) -> str:
+    """Each ``^``-separated component of the query is a prefix of the name's same component; a
+    one-component query is a prefix of any component (a family or a given name)."""
+
+    def component(text: str) -> str:
+        return re.escape(text.lower()).replace(r"\*", "[^^=]*").replace(r"\?", "[^^=]")
+
+    parts = value.split("^")
+    if len(parts) == 1:
+        return rf"(^|[\^ =]){component(parts[0])}"
+    return "^" + r"[^^=]*\^".join(component(p) for p in parts)
+
+
+def _condition(where: _Where, attribute: Attribute, column: str, value: str, fuzzy: bool) -> None:
+    match = attribute.match
+    if match is Match.UID:
+        uids = _split(value)
+        for uid in uids:
+            Uid(uid, attribute.keyword)  # raises with the reason
+        where.add(column, f"{column} = ANY({where.param(uids)}::text[])")
+    elif match is Match.MODALITIES:
+        codes = _split(value)
+        if any(_has_wildcard(c) for c in codes):
+            raise ValueError("wildcards are not supported here, list the modalities")
+        where.having.append(f"bool_or({column} = ANY({where.param(codes)}::text[]))")
+    elif match is Match.CODE:
+        codes = _split(value)
+        if len(codes) > 1:
+            where.add(column, f"{column} = ANY({where.param(codes)}::text[])")
+        elif _has_wildcard(value):
+            where.add(column, f"{column} LIKE {where.param(_like(value))}")
+        else:
+            where.add(column, f"{column} = {where.param(value)}")
+    elif match is Match.TEXT:
+        if _has_wildcard(value):
+            where.add(column, f"{column} LIKE {where.param(_like(value))}")
+        else:
+            where.add(column, f"{column} = {where.param(value)}")
+    elif match is Match.NAME:
+        if fuzzy:
+            where.add(column, f"lower({column}) ~ {where.param(_fuzzy_regex(value))}")
+        else:
+            # A name with ideographic or phonetic groups (``Yamada^Tarou=山田^太郎``) matches by
+            # its first group too.
+            pattern = where.param(_like(value.lower()))
+            where.add(column, f"(lower({column}) LIKE {pattern} OR lower({column}) LIKE {pattern} || '=%')")
+    elif match in (Match.DATE, Match.TIME):
+        parse = _strict_da if match is Match.DATE else _strict_tm
+        low, high = _range(value, parse, match.value)
+        if low is not None and low == high:
+            where.add(column, f"{column} = {where.param(low)}")
+        else:
+            if low is not None:
+                where.add(column, f"{column} >= {where.param(low)}")
+            if high is not None:
+                where.add(column, f"{column} <= {where.param(high)}")
+    elif match is Match.NUMBER:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not {match.value}") from None
+        if not -(2**31) <= number < 2**31:
+            raise ValueError(f"{value} is out of range")
+        where.add(column, f"{column} = {where.param(number)}")
+    else:
+        raise InvalidQuery(f"{attribute.keyword} ({attribute.tag}) is returned but cannot be matched")
+
+
+def _where(search: Search) -> _Where:
+    where = _Where([search.tenant])
+    # An instance search is scoped by the instance rows' own UIDs: no join for them.
+    alias = "i" if search.level is Level.INSTANCE else "s"
+    if search.study is not None:
+        where.add(alias, f"{alias}.study_uid = {where.param(search.study)}")
+    if search.series is not None:
+        where.add(alias, f"{alias}.series_uid = {where.param(search.series)}")
+    for condition in search.conditions:
+        attribute = condition.attribute
+        if attribute.level > search.level:
+            raise InvalidQuery(
+                f"{attribute.keyword} ({attribute.tag}) is a {attribute.level.name.lower()}-level "
+                f"attribute: it cannot be matched in a {search.level.name.lower()}-level search"
+            )
+        value = condition.value
+        if value == "" or value == "*":
+            continue  # universal matching: returned, not filtered
+        try:
+            column = attribute.column
+            if attribute.match is Match.UID and alias == "i":
+                column = column.replace("s.", "i.", 1)
+            _condition(where, attribute, column, value, search.fuzzy)
+        except (ValueError, PacsflowError) as exc:
+            if isinstance(exc, InvalidQuery):
+                raise
+            expected = attribute.match.value if attribute.match else ""
+            raise InvalidQuery(f"{attribute.keyword}={value!r}: {exc} (expected {expected})") from None
+    return where
+
+
+_STUDY_ORDER = "study_date DESC NULLS LAST, study_time DESC NULLS LAST, study_uid"
+
+
+async def _studies(conn: asyncpg.Connection, search: Search, where: _Where) -> list[Hit]:
+    state = " AND ".join(["s.tenant_id = $1", *where.state])
+    having = f"HAVING {' AND '.join(where.having)}" if where.having else ""
+    limit, offset = where.param(search.limit + 1), where.param(search.offset)
+    rows = await conn.fetch(
+        f"""
+        WITH hits AS (
+            SELECT s.study_uid FROM dicom_state_meta s WHERE {state} GROUP BY s.study_uid {having}
+        ), page AS (
+            SELECT s.study_uid, max(s.study_date) AS study_date, max(s.study_time) AS study_time,
+                   count(*)::int AS series_count, sum(s.series_related_instances)::int AS instance_count,
+                   array_agg(DISTINCT s.modality ORDER BY s.modality)
+                       FILTER (WHERE s.modality <> '') AS modalities
+            FROM dicom_state_meta s JOIN hits USING (study_uid)
+            WHERE s.tenant_id = $1
+            GROUP BY s.study_uid
+            ORDER BY {_STUDY_ORDER}
+            LIMIT {limit} OFFSET {offset}
+        )
+        SELECT page.*, (
+            SELECT i.json_fragment FROM dicom_instance_meta i
+            WHERE i.tenant_id = $1 AND i.study_uid = page.study_uid
+            ORDER BY i.series_uid, i.sop_uid LIMIT 1
+        ) AS fragment
+        FROM page ORDER BY {_STUDY_ORDER}
+        """,
+        *where.params,
+    )
+    return [
+        Hit(
+            r["study_uid"],
+            None,
+            None,
+            r["fragment"],
+            r["series_count"],
+            r["instance_count"],
+            tuple(r["modalities"] or ()),
+        )
+        for r in rows
+    ]
+
+
+async def _series(conn: asyncpg.Connection, search: Search, where: _Where) -> list[Hit]:
+    conditions = ["s.tenant_id = $1", *where.state]
+    if where.having:  # ModalitiesInStudy: the series of studies holding one of them
+        conditions.append(
+            f"s.study_uid IN (SELECT s.study_uid FROM dicom_state_meta s WHERE s.tenant_id = $1 "
+            f"GROUP BY s.study_uid HAVING {' AND '.join(where.having)})"
+        )
+    limit, offset = where.param(search.limit + 1), where.param(search.offset)
+    rows = await conn.fetch(
+        f"""
+        SELECT s.study_uid, s.series_uid, s.series_related_instances AS instance_count, (
+            SELECT i.json_fragment FROM dicom_instance_meta i
+            WHERE i.tenant_id = s.tenant_id AND i.study_uid = s.study_uid AND i.series_uid = s.series_uid
+            ORDER BY i.sop_uid LIMIT 1
+        ) AS fragment
+        FROM dicom_state_meta s
+        WHERE {" AND ".join(conditions)}
+        ORDER BY s.study_date DESC NULLS LAST, s.study_uid, s.series_number NULLS LAST, s.series_uid
+        LIMIT {limit} OFFSET {offset}
+        """,
+        *where.params,
+    )
+    return [
+        Hit(r["study_uid"], r["series_uid"], None, r["fragment"], None, r["instance_count"]) for r in rows
+    ]
+
+
+async def _instances(conn: asyncpg.Connection, search: Search, where: _Where) -> list[Hit]:
+    conditions = ["i.tenant_id = $1", *where.instance]
+    join = ""
+    if where.state or where.having:
+        join = (
+            "JOIN dicom_state_meta s ON s.tenant_id = i.tenant_id AND s.study_uid = i.study_uid "
+            "AND s.series_uid = i.series_uid"
+        )
+        conditions += where.state
+    if where.having:
+        conditions.append(
+            f"i.study_uid IN (SELECT s.study_uid FROM dicom_state_meta s WHERE s.tenant_id = $1 "
+            f"GROUP BY s.study_uid HAVING {' AND '.join(where.having)})"
+        )
+    limit, offset = where.param(search.limit + 1), where.param(search.offset)
+    rows = await conn.fetch(
+        f"""
+        SELECT i.study_uid, i.series_uid, i.sop_uid, i.json_fragment AS fragment
+        FROM dicom_instance_meta i {join}
+        WHERE {" AND ".join(conditions)}
+        ORDER BY i.study_uid, i.series_uid, i.instance_number NULLS LAST, i.sop_uid
+        LIMIT {limit} OFFSET {offset}
+        """,
+        *where.params,
+    )
+    return [Hit(r["study_uid"], r["series_uid"], r["sop_uid"], r["fragment"]) for r in rows]
+
+
+async def search(conn: asyncpg.Connection, query: Search) -> tuple[list[Hit], bool]:
+    """The hits of one page, and whether more follow it."""
+    where = _where(query)
+    run = {Level.STUDY: _studies, Level.SERIES: _series, Level.INSTANCE: _instances}[query.level]
+    hits = await run(conn, query, where)
+    return hits[: query.limit], len(hits) > query.limit
