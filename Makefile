@@ -44,7 +44,8 @@ lint: install ## ruff, mypy (strict) and the import-linter contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install system-deps ## measure ingest (C-STORE), indexing (1 and 2 workers, latency), metadata and the DICOMweb read path
+bench: install ## measure ingest (C-STORE), indexing (1 and 2 workers, latency), metadata and the DICOMweb read path
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) wrk"
 	$(BIN)/python -m tests.bench.ingest
 	$(BIN)/python -m tests.bench.index
 	$(BIN)/python -m tests.bench.metadata

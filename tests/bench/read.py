@@ -1,4 +1,5 @@
-"""`make bench`: the DICOMweb read path of `pacsflow web`, measured with a bounded aiohttp client.
+"""`make bench`: the DICOMweb read path of `pacsflow web`: latencies one request at a time (a bounded
+aiohttp client), throughput at 16 connections (wrk, which `make bench` installs; else aiohttp).
 
 Data: one CT series of N instances (512x512, 16-bit), 50 one-instance studies for the study list,
 and one multi-frame instance (100 frames of 512x512). Reported, each with the number of requests:
@@ -20,10 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,6 +42,7 @@ from tests.support.services import Service, free_port, port_open, wait_for
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 OHIF_STUDY_LIST = "limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060"
 BOUND_S = 60.0
+WRK = "/usr/bin/wrk"
 
 
 async def load(
@@ -72,15 +78,48 @@ def pct(values: Sequence[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
-def measure(name: str, urls: Callable[[int], str], count: int, headers: dict[str, str]) -> dict[str, Any]:
-    one, _, _ = asyncio.run(load(urls, count, 1, headers))
-    many, wall, received = asyncio.run(load(urls, count, 16, headers))
+_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+
+
+def wrk(urls: Sequence[str], headers: dict[str, str], seconds: int = 5) -> tuple[float, float, int]:
+    """req/s, MB/s and requests of wrk at 16 connections (one thread: the server has the other core)."""
+    script = WORK / "rotate.lua"
+    paths = ", ".join(
+        json.dumps(urllib.parse.urlsplit(u).path + "?" + urllib.parse.urlsplit(u).query) for u in urls
+    )
+    script.write_text(
+        f"paths = {{{paths}}}\ni = 0\n"
+        "request = function()\n  i = i % #paths + 1\n  return wrk.format('GET', paths[i])\nend\n"
+    )
+    options = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    output = subprocess.run(
+        [WRK, "-t1", "-c16", f"-d{seconds}s", "-s", str(script), *options, urls[0]],
+        capture_output=True, text=True, timeout=seconds + 30, check=True,
+    ).stdout  # fmt: skip
+    if "Non-2xx" in output:
+        raise SystemExit(f"wrk saw errors:\n{output}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    amount, unit = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", output).groups()  # type: ignore[union-attr]
+    done = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    return rps, float(amount) * _UNITS[unit] / 1e6, done
+
+
+def measure(name: str, urls: Sequence[str], count: int, headers: dict[str, str]) -> dict[str, Any]:
+    """p50/p99 one request at a time (aiohttp), throughput at 16 connections (wrk if installed)."""
+    one, _, _ = asyncio.run(load(lambda i: urls[i % len(urls)], count, 1, headers))
+    if Path(WRK).exists():
+        rps, mb_s, requests = wrk(urls, headers)
+        tool = "wrk"
+    else:
+        many, wall, received = asyncio.run(load(lambda i: urls[i % len(urls)], count, 16, headers))
+        rps, mb_s, requests, tool = len(many) / wall, received / wall / 1e6, len(many), "aiohttp"
     result = {
-        "requests": len(one) + len(many),
+        "requests": len(one) + requests,
         "p50_ms": pct(one, 0.5),
         "p99_ms": pct(one, 0.99),
-        "rps_c16": round(len(many) / wall, 1),
-        "mb_s_c16": round(received / wall / 1e6, 1),
+        "rps_c16": round(rps, 1),
+        "mb_s_c16": round(mb_s, 1),
+        "load_tool_c16": tool,
     }
     say(f"  {name}: {result}")
     return result
@@ -118,6 +157,7 @@ def main() -> None:
     webs: list[Service] = []
     summary: dict[str, Any] = {"instances": count}
     try:
+        stack.env["PACSFLOW_LOG_LEVEL"] = "info"  # the worker says when it holds its partitions
         stack.start_workers(1)
         run = uuid.uuid4().int % 10**9
         study, series = dicomdata.uid(run, 1), dicomdata.uid(run, 1, 1)
@@ -155,28 +195,24 @@ def main() -> None:
         summary["series_metadata_first_ms"] = round(latencies[0], 2)
         summary["series_metadata_gzip_bytes"] = size
         say(f"  series metadata, first request: {latencies[0]:.2f} ms ({size} bytes gzipped)")
-        summary["series_metadata_file"] = measure(
-            "series metadata (file)", lambda _: metadata_url, requests, gzip
-        )
+        summary["series_metadata_file"] = measure("series metadata (file)", [metadata_url], requests, gzip)
         proxied = {**gzip, "X-Forwarded-Host": "viewer.example.org"}
         summary["series_metadata_on_demand"] = measure(
-            "series metadata (built on demand)", lambda _: metadata_url, requests // 4, proxied
+            "series metadata (built on demand)", [metadata_url], requests // 4, proxied
         )
         studies_url = f"{root}/studies?{OHIF_STUDY_LIST}"
-        summary["qido_study_list"] = measure(
-            "QIDO-RS study list (no Redis)", lambda _: studies_url, requests, {}
-        )
+        summary["qido_study_list"] = measure("QIDO-RS study list (no Redis)", [studies_url], requests, {})
         sops = [f"{series}.{n}" for n in range(1, count + 1)]
         frame_urls = [f"{root}/studies/{study}/series/{series}/instances/{sop}/frames/1" for sop in sops]
         summary["frames_single"] = measure(
             "frames, single-frame instances",
-            lambda i: frame_urls[i % len(frame_urls)],
+            frame_urls,
             requests,
             {"Accept": OHIF_FRAMES},
         )
         mf_url = f"{root}/studies/{mf_study}/series/{mf_series}/instances/{mf_series}.1/frames/50"
         summary["frames_multiframe_50"] = measure(
-            "frame 50 of 100", lambda _: mf_url, requests, {"Accept": OHIF_FRAMES}
+            "frame 50 of 100", [mf_url], requests, {"Accept": OHIF_FRAMES}
         )
         cached, cached_root = start_web(
             stack, "web-redis", PACSFLOW_REDIS_URL="redis://127.0.0.1:6379/0",
@@ -184,7 +220,7 @@ def main() -> None:
         )  # fmt: skip
         webs.append(cached)
         summary["qido_study_list_redis"] = measure(
-            "QIDO-RS study list (Redis)", lambda _: f"{cached_root}/studies?{OHIF_STUDY_LIST}", requests, {}
+            "QIDO-RS study list (Redis)", [f"{cached_root}/studies?{OHIF_STUDY_LIST}"], requests, {}
         )
     finally:
         for web in webs:
