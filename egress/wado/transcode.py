@@ -57,10 +57,12 @@ def transcode(path: Path, target: str) -> bytes:
     """The Part 10 file at ``path`` re-encoded in ``target`` (its pixel data decoded, and encoded
     again for a compressed target)."""
     ds = dcmread(path)
+    # The same instance in another encoding keeps its SOP Instance UID: pydicom would make a new
+    # one by default.
     if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)
     if target in _COMPRESSED_TARGETS:
-        ds.compress(UID(target))
+        ds.compress(UID(target), generate_instance_uid=False)
     else:
         ds.file_meta.TransferSyntaxUID = UID(target)
     out = io.BytesIO()

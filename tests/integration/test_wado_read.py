@@ -438,6 +438,23 @@ def test_raw_accept_variants_and_406(stack: Stack) -> None:
     assert response.headers["Content-Type"].startswith("multipart/related")
 
 
+def test_instances_are_transcoded_when_asked_and_keep_their_uids(stack: Stack) -> None:
+    study = stack.uid(9)
+    for position, accept, syntax in (
+        (2, 'multipart/related; type="application/dicom"', ExplicitVRLittleEndian),  # the standard's default
+        (1, f"multipart/related; type=application/dicom; transfer-syntax={RLELossless}", RLELossless),
+    ):
+        sop = stack.uid(9, position, 1)
+        url = stack.url(f"/studies/{study}/series/{stack.uid(9, position)}/instances/{sop}")
+        status, headers, body = get(url, Accept=accept)
+        assert status == 200, body[:300]
+        ((kind, data),) = parts(body, headers["content-type"])
+        assert f"transfer-syntax={syntax}" in kind
+        got = dcmread(io.BytesIO(data))
+        assert got.file_meta.TransferSyntaxUID == syntax and got.SOPInstanceUID == sop
+        assert np.array_equal(got.pixel_array, dcmread(stack.sent[sop]).pixel_array)
+
+
 def test_frames_are_the_stored_frame_bytes(stack: Stack) -> None:
     dicomweb, session = client(stack)
     with session:
