@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := dcmtk redis-server
 
-.PHONY: help install system-deps run test lint bench clean
+.PHONY: help install system-deps run test lint bench bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,9 +44,12 @@ lint: install ## ruff, mypy (strict) and the import-linter contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install ## measure ingest (C-STORE), indexing (1 and 2 workers, latency), metadata and the DICOMweb read path
+bench: install ## pacsflow and Orthanc side by side on the same data: ingest, QIDO, metadata, frames, retrieve, memory
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) wrk orthanc orthanc-dicomweb"
+	$(BIN)/python -m tests.bench.versus
+
+bench-pipeline: install ## pacsflow alone: index workers (1 and 2), metadata regeneration, read path with Redis
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) wrk"
-	$(BIN)/python -m tests.bench.ingest
 	$(BIN)/python -m tests.bench.index
 	$(BIN)/python -m tests.bench.metadata
 	$(BIN)/python -m tests.bench.read

@@ -81,8 +81,10 @@ def pct(values: Sequence[float], q: float) -> float:
 _UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 
 
-def wrk(urls: Sequence[str], headers: dict[str, str], seconds: int = 5) -> tuple[float, float, int]:
-    """req/s, MB/s and requests of wrk at 16 connections (one thread: the server has the other core)."""
+def wrk(
+    urls: Sequence[str], headers: dict[str, str], seconds: int = 5, connections: int = 16
+) -> tuple[float, float, int]:
+    """req/s, MB/s and requests of wrk (one thread: the server has the other core)."""
     script = WORK / "rotate.lua"
     paths = ", ".join(
         json.dumps(urllib.parse.urlsplit(u).path + "?" + urllib.parse.urlsplit(u).query) for u in urls
@@ -93,7 +95,7 @@ def wrk(urls: Sequence[str], headers: dict[str, str], seconds: int = 5) -> tuple
     )
     options = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
     output = subprocess.run(
-        [WRK, "-t1", "-c16", f"-d{seconds}s", "-s", str(script), *options, urls[0]],
+        [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), *options, urls[0]],
         capture_output=True, text=True, timeout=seconds + 30, check=True,
     ).stdout  # fmt: skip
     if "Non-2xx" in output:

@@ -1,0 +1,670 @@
+"""`make bench`: pacsflow and Orthanc side by side, in one run, on the same generated data.
+
+Both servers start empty on loopback ports of their own: `pacsflow dev` (embedded broker and
+PostgreSQL, every file fsynced) and Debian's Orthanc with its DICOMweb plugin (a temporary
+configuration: `SeriesMetadata` and `StudiesMetadata` `Full`, `SyncStorageArea` on, HTTP refused
+to other hosts, C-STORE accepted only from 127.0.0.1). Every load loop is bounded in count and
+time; latencies are one request at a time (a bounded aiohttp client), throughput is wrk with 16
+connections. Where a metric is measured twice the servers alternate and the median is kept.
+
+Reported: ingest with dcmtk's storescu on 1 and 4 associations, ingest-to-visible, the QIDO-RS
+study list, series metadata (first request, warm, 16 connections, and its growth with series
+size), frames (single-frame and frame N of a multi-frame instance), whole-series retrieve, and
+the peak memory of each server's processes. A table (ratio > 1: pacsflow is better) is printed
+and written, with everything measured, to tests/bench/results/versus-<time>.json.
+
+    python -m tests.bench.versus [--big 500] [--growth 100,500,2000] [--profile retrieve|metadata|qido|frames]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, JPEGLSLossless, MRImageStorage
+from pynetdicom import AE
+
+from tests.bench.read import OHIF_FRAMES, OHIF_STUDY_LIST, WRK, load, pct, wrk
+from tests.support import dicomdata
+from tests.support.services import DCMTK, free_port, port_open, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "var" / "bench" / "data"
+RESULTS = Path(__file__).resolve().parent / "results"
+ORTHANC = Path("/usr/sbin/Orthanc")
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+SEED = 20261124
+DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    study: str
+    series: str
+    count: int
+    files: tuple[Path, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+
+@dataclass
+class DataSet:
+    big: Series
+    growth: dict[int, Series]
+    multiframe: Series
+    frames: int
+    others: list[Series] = field(default_factory=list)
+
+    def every(self) -> list[Series]:
+        unique = {s.series: s for s in [self.big, *self.growth.values(), self.multiframe, *self.others]}
+        return list(unique.values())
+
+
+def _uid(*parts: int) -> str:
+    return dicomdata.uid(SEED, *parts)
+
+
+def _series(folder: Path, name: str, number: int, count: int, size: int, **kwargs: Any) -> Series:
+    study, series = _uid(number), _uid(number, 1)
+    target = folder / name
+    files = sorted(target.glob("*.dcm"))
+    if len(files) != count:  # cached between runs: the same seed makes the same files
+        shutil.rmtree(target, ignore_errors=True)
+        datasets = dicomdata.ct_series(study, series, count, rows=size, columns=size, **kwargs)
+        files = dicomdata.write_all(datasets, target)
+    return Series(name, study, series, count, tuple(files))
+
+
+def _special(folder: Path, name: str, number: int, make: Callable[[str, str], list[Any]]) -> Series:
+    study, series = _uid(number), _uid(number, 1)
+    target = folder / name
+    files = sorted(target.glob("*.dcm"))
+    if not files:
+        target.mkdir(parents=True, exist_ok=True)
+        files = [dicomdata.write(ds, target / f"{i:05d}.dcm") for i, ds in enumerate(make(study, series))]
+    # What "all visible" waits for: the series of the last file (a study list has many studies).
+    headers = [dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+               for f in files]  # fmt: skip
+    last = headers[-1]
+    count = sum(1 for h in headers if h.SeriesInstanceUID == last.SeriesInstanceUID)
+    return Series(name, str(last.StudyInstanceUID), str(last.SeriesInstanceUID), count, tuple(files))
+
+
+def make_data(big: int, growth: Sequence[int], frames: int) -> DataSet:
+    folder = DATA / f"seed{SEED}-big{big}-frames{frames}"
+    say(f"data set (cached in {folder.relative_to(ROOT)}) ...")
+    big_series = _series(folder, f"ct-{big}", 1, big, 512)
+    grown = {}
+    for n, count in enumerate(growth):
+        # Metadata grows with headers, not pixels: series other than the big one are 64x64.
+        grown[count] = big_series if count == big else _series(folder, f"ct-{count}", 10 + n, count, 64)
+
+    def multiframe(study: str, series: str) -> list[Any]:
+        ds = dicomdata.image(CTImageStorage, study, series, f"{series}.1", 1, rows=512, columns=512)
+        ds.NumberOfFrames = frames
+        pixels = (np.arange(512 * 512 * frames, dtype=np.uint32) * 7) % 4096
+        ds.PixelData = pixels.astype("<u2").tobytes()
+        return [ds]
+
+    def mr(study: str, series: str) -> list[Any]:
+        return dicomdata.series(
+            dicomdata.SeriesSpec(study, series, "PAT-MR", "MR", 30), MRImageStorage, rows=256, columns=256
+        )
+
+    def compressed(study: str, series: str) -> list[Any]:
+        out = []
+        for ds in dicomdata.ct_series(study, series, 20, rows=512, columns=512):
+            ds.compress(JPEGLSLossless, generate_instance_uid=False)
+            out.append(ds)
+        return out
+
+    def study_list(study: str, series: str) -> list[Any]:
+        return [
+            dicomdata.image(CTImageStorage, f"{study}.{n}", f"{series}.{n}", f"{series}.{n}.1", 1,
+                            patient_name=f"List^P{n:02d}", study_date=f"2025{1 + n % 12:02d}{1 + n % 28:02d}",
+                            accession=f"L{n}")
+            for n in range(50)
+        ]  # fmt: skip
+
+    others = [
+        _special(folder, "mr", 3, mr),
+        _special(folder, "jpegls", 4, compressed),
+        _special(folder, "list", 5, study_list),
+    ]
+    data = DataSet(big_series, grown, _special(folder, f"mf-{frames}", 2, multiframe), frames, others)
+    total = sum(s.count for s in data.every())
+    say(f"  {total} instances, {sum(s.bytes for s in data.every()) / 1e6:.0f} MB")
+    return data
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    dicom_port: int
+    http_port: int
+    dicomweb: str
+    process: subprocess.Popen[bytes]
+    storage: Path
+    peak_rss: int = 0
+    peak_by_process: dict[str, int] = field(default_factory=dict)
+
+    def pids(self) -> list[int]:
+        """The server's process and all its descendants."""
+        found, queue = [], [self.process.pid]
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    queue += [int(c) for c in (task / "children").read_text().split()]
+                except OSError:
+                    continue
+        return found
+
+    def rss(self) -> int:
+        """The RSS of all its processes now (shared pages count once per process, as `ps` shows them);
+        keeps each process' peak by name."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) * 1024
+                        total += rss
+                        name = _process_name(pid)
+                        self.peak_by_process[f"{name} [{pid}]"] = max(
+                            self.peak_by_process.get(f"{name} [{pid}]", 0), rss
+                        )
+            except OSError:
+                continue
+        return total
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_pacsflow(work: Path) -> tuple[Server, str]:
+    dicom, http, postgres = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "PACSFLOW_DATA_DIR": str(work / "pacsflow"),
+        "PACSFLOW_SCP_HOST": "127.0.0.1",
+        "PACSFLOW_SCP_PORT": str(dicom),
+        "PACSFLOW_HTTP_HOST": "127.0.0.1",
+        "PACSFLOW_HTTP_PORT": str(http),
+        "PACSFLOW_DEV_POSTGRES_PORT": str(postgres),
+        "PACSFLOW_LOG_FORMAT": "json",
+    }
+    log = (work / "pacsflow.log").open("wb")
+    process = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "pacsflow"), "dev"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    server = Server("pacsflow", dicom, http, f"http://127.0.0.1:{http}/dicomweb", process,
+                    work / "pacsflow" / "storage")  # fmt: skip
+    wait_for(lambda: b"Ctrl-C" in (work / "pacsflow.log").read_bytes() or process.poll() is not None, 120,
+             "pacsflow dev to be ready")  # fmt: skip
+    if process.poll() is not None:
+        raise SystemExit(f"pacsflow dev exited: {(work / 'pacsflow.log').read_text()[-3000:]}")
+    return server, f"postgresql://postgres@127.0.0.1:{postgres}/pacsflow"
+
+
+def start_orthanc(work: Path) -> Server:
+    if not ORTHANC.exists() or not ORTHANC_DICOMWEB.exists():
+        raise SystemExit(
+            "Orthanc is not installed: `make bench` installs Debian's orthanc and orthanc-dicomweb"
+        )
+    dicom, http = free_port(), free_port()
+    folder = work / "orthanc"
+    folder.mkdir()
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "HttpPort": http,
+        "DicomPort": dicom,
+        "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": False,
+        "RemoteAccessAllowed": False,  # HTTP from loopback only
+        "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": False,  # C-STORE from the registered loopback modality only
+        "DicomCheckModalityHost": True,
+        "DicomModalities": {"bench": ["STORESCU", "127.0.0.1", 11113]},
+        "SyncStorageArea": True,  # every file synced, as pacsflow does
+        "StorageCompression": False,
+        "HttpCompressionEnabled": True,
+        "Plugins": [str(ORTHANC_DICOMWEB)],
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "SeriesMetadata": "Full",
+            "StudiesMetadata": "Full",
+        },
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
+    log = (work / "orthanc.log").open("wb")
+    process = subprocess.Popen(
+        [str(ORTHANC), str(folder / "orthanc.json")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server("Orthanc", dicom, http, f"http://127.0.0.1:{http}/dicom-web", process, folder / "storage")
+    wait_for(lambda: (port_open(http) and port_open(dicom)) or process.poll() is not None, 60, "Orthanc")
+    if process.poll() is not None:
+        raise SystemExit(f"Orthanc exited: {(work / 'orthanc.log').read_text()[-3000:]}")
+    return server
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+def storescu(server: Server, files: Sequence[Path], associations: int) -> float:
+    """Seconds to send ``files`` on ``associations`` parallel associations."""
+    groups = [list(files[i::associations]) for i in range(associations)]
+    started = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            [
+                str(DCMTK / "storescu"),
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "ANY",
+                "-R",
+                "127.0.0.1",
+                str(server.dicom_port),
+                *map(str, g),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for g in groups
+        if g
+    ]
+    for sender in senders:
+        _, err = sender.communicate(timeout=900)
+        if sender.returncode != 0:
+            raise SystemExit(f"storescu to {server.name} failed: {err.decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
+def send_as_stored(server: Server, files: Sequence[Path], syntax: str) -> None:
+    """Compressed files on one association proposing only their syntax (storescu's ``-xy`` also
+    proposes uncompressed ones, which an SCP may pick; storescu cannot then convert)."""
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(CTImageStorage, [syntax])
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="ANY")
+    if not assoc.is_established:
+        raise SystemExit(f"{server.name} refused an association for {syntax}")
+    try:
+        for path in files:
+            status = assoc.send_c_store(path)
+            if not status or status.Status != 0:
+                raise SystemExit(f"{server.name} did not store {path}: {status}")
+    finally:
+        assoc.release()
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read() or b"[]")
+
+
+def visible(server: Server, series: Series) -> bool:
+    last = f"instances?limit=1&offset={series.count - 1}"
+    url = f"{server.dicomweb}/studies/{series.study}/series/{series.series}/{last}"
+    try:
+        return bool(get_json(url))
+    except OSError:
+        return False
+
+
+def time_to_visible(server: Server, series: Sequence[Series], sent_at: float) -> float:
+    wait_for(
+        lambda: all(visible(server, s) for s in series), 300, f"{server.name} to show what was sent", 0.05
+    )
+    return time.perf_counter() - sent_at
+
+
+async def _indexed_latencies(dsn: str) -> list[float]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM indexed_time - received_time) * 1000 AS ms FROM dicom_instance_meta"
+        )
+        return [float(r["ms"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+def latencies(url: str, count: int, headers: dict[str, str]) -> list[float]:
+    spent, _, _ = asyncio.run(load(lambda _: url, count, 1, headers))
+    return spent
+
+
+@dataclass
+class Row:
+    metric: str
+    unit: str
+    pacsflow: float
+    orthanc: float
+    higher_is_better: bool
+
+    @property
+    def ratio(self) -> float:
+        if self.pacsflow <= 0 or self.orthanc <= 0:
+            return float("nan")
+        return self.pacsflow / self.orthanc if self.higher_is_better else self.orthanc / self.pacsflow
+
+
+class Bench:
+    def __init__(self, pacsflow: Server, orthanc: Server, requests: int) -> None:
+        self.servers = (pacsflow, orthanc)
+        self.requests = requests
+        self.rows: list[Row] = []
+
+    def add(self, metric: str, unit: str, values: tuple[float, float], higher_is_better: bool) -> None:
+        row = Row(metric, unit, round(values[0], 2), round(values[1], 2), higher_is_better)
+        self.rows.append(row)
+        both = f"pacsflow {row.pacsflow} {unit}, Orthanc {row.orthanc} {unit}"
+        say(f"  {metric}: {both} (ratio {row.ratio:.2f})")
+
+    def alternate(self, measure: Callable[[Server], float], rounds: int = 2) -> tuple[float, float]:
+        """Median of ``rounds`` measurements of each server, taken in turn."""
+        seen: dict[str, list[float]] = {s.name: [] for s in self.servers}
+        for _ in range(rounds):
+            for server in self.servers:
+                seen[server.name].append(measure(server))
+        return statistics.median(seen["pacsflow"]), statistics.median(seen["Orthanc"])
+
+    def load_metric(self, name: str, path: Callable[[Server], list[str]], headers: dict[str, str]) -> None:
+        """p50 and p99 one at a time, req/s at 16 connections."""
+        p50: list[float] = []
+        p99: list[float] = []
+        for server in self.servers:
+            urls = path(server)
+            spent, _, _ = asyncio.run(load(lambda i, u=urls: u[i % len(u)], self.requests, 1, headers))  # type: ignore[misc]
+            p50.append(pct(spent, 0.5))
+            p99.append(pct(spent, 0.99))
+        self.add(f"{name}: p50, one client", "ms", (p50[0], p50[1]), False)
+        self.add(f"{name}: p99, one client", "ms", (p99[0], p99[1]), False)
+        rates = self.alternate(lambda s: wrk(path(s), headers, seconds=4)[0])
+        self.add(f"{name}: 16 connections", "req/s", rates, True)
+
+
+def ingest(bench: Bench, files: list[Path], series: list[Series], associations: int) -> None:
+    """C-STORE rate, and how long until QIDO-RS shows everything: after the last store, and from
+    the first byte sent."""
+    size = sum(p.stat().st_size for p in files)
+    seen: dict[str, tuple[float, float, float]] = {}
+    for server in bench.servers:
+        spent = storescu(server, files, associations)
+        after = time_to_visible(server, series, time.perf_counter())
+        seen[server.name] = (spent, after, spent + after)
+        say(f"  {server.name}: {len(files)} instances on {associations} association(s) in {spent:.1f} s; "
+            f"all visible {after:.2f} s after the last store")  # fmt: skip
+    plural = "s" if associations > 1 else ""
+    name = f"C-STORE, {associations} association{plural}"
+    pacsflow, orthanc = seen["pacsflow"], seen["Orthanc"]
+    bench.add(name, "instances/s", (len(files) / pacsflow[0], len(files) / orthanc[0]), True)
+    bench.add(name, "MB/s", (size / pacsflow[0] / 1e6, size / orthanc[0] / 1e6), True)
+    sent = f"{len(files)} sent on {associations} association{plural}"
+    bench.add(f"{sent}: all visible in QIDO-RS, after the last store", "s", (pacsflow[1], orthanc[1]), False)
+    bench.add(
+        f"{sent}: all visible in QIDO-RS, from the first byte sent", "s", (pacsflow[2], orthanc[2]), False
+    )
+
+
+def sample_memory(servers: Sequence[Server], stop: list[bool]) -> None:
+    while not stop:
+        for server in servers:
+            server.peak_rss = max(server.peak_rss, server.rss())
+        time.sleep(0.5)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    growth = [int(n) for n in args.growth.split(",")]
+    data = make_data(args.big, growth, args.frames)
+    if not Path(WRK).exists():
+        raise SystemExit("wrk is not installed: `make bench` installs it (Debian's wrk)")
+    work = Path(tempfile.mkdtemp(prefix="pacsflow-versus-", dir=ROOT / "var" / "bench"))
+    servers: list[Server] = []
+    stop: list[bool] = []
+    try:
+        pacsflow, dsn = start_pacsflow(work)
+        servers.append(pacsflow)
+        orthanc = start_orthanc(work)
+        servers.append(orthanc)
+        sampler = threading.Thread(target=sample_memory, args=(servers, stop), daemon=True)
+        sampler.start()
+        bench = Bench(pacsflow, orthanc, args.requests)
+        say("ingest (dcmtk storescu; each server in turn) ...")
+        big = data.big
+        ingest(bench, list(big.files), [big], 1)
+        rest = [s for s in data.every() if s is not big and s.name != "jpegls"]
+        compressed = next(s for s in data.every() if s.name == "jpegls")
+        for server in servers:
+            send_as_stored(server, compressed.files, JPEGLSLossless)
+        ingest(bench, [f for s in rest for f in s.files], rest, 4)
+        indexed = asyncio.run(_indexed_latencies(dsn))
+        say(
+            f"  pacsflow ingest-to-visible per instance: p50 {pct(indexed, 0.5):.0f} ms, "
+            f"p99 {pct(indexed, 0.99):.0f} ms ({len(indexed)} instances; Orthanc: visible when stored)"
+        )
+
+        say("series metadata ...")
+        for count, series in sorted(data.growth.items()):
+            url = {
+                s.name: f"{s.dicomweb}/studies/{series.study}/series/{series.series}/metadata"
+                for s in servers
+            }
+            gzip = {"Accept-Encoding": "gzip"}
+            first = [latencies(url[s.name], 1, gzip)[0] for s in servers]
+            bench.add(f"series metadata, {count} instances: first request", "ms", (first[0], first[1]), False)
+            if count == big.count:
+                bench.load_metric(f"series metadata, {count} instances", lambda s, u=url: [u[s.name]], gzip)  # type: ignore[misc]
+            else:
+                warm = [pct(latencies(url[s.name], max(5, self_bound(count)), gzip), 0.5) for s in servers]
+                bench.add(f"series metadata, {count} instances: warm p50", "ms", (warm[0], warm[1]), False)
+
+        say("QIDO-RS study list (OHIF's query) ...")
+        bench.load_metric("QIDO-RS study list", lambda s: [f"{s.dicomweb}/studies?{OHIF_STUDY_LIST}"], {})
+
+        say("frames (OHIF's Accept) ...")
+        instances = [
+            f"studies/{big.study}/series/{big.series}/instances/{big.series}.{n}"
+            for n in range(1, big.count + 1)
+        ]
+        frame_urls = {s.name: [f"{s.dicomweb}/{i}/frames/1" for i in instances] for s in servers}
+        accept = {"Accept": OHIF_FRAMES}
+        bench.load_metric("frame of a single-frame 512x512 instance", lambda s: frame_urls[s.name], accept)
+        mf = data.multiframe
+        n = data.frames // 2
+        frame_n = f"studies/{mf.study}/series/{mf.series}/instances/{mf.series}.1/frames/{n}"
+        mf_url = {s.name: f"{s.dicomweb}/{frame_n}" for s in servers}
+        spent = [pct(latencies(mf_url[s.name], 50, accept), 0.5) for s in servers]
+        bench.add(f"frame {n} of a {data.frames}-frame instance: p50", "ms", (spent[0], spent[1]), False)
+
+        say("whole-series retrieve ...")
+
+        def retrieve(server: Server) -> float:
+            # wrk, one connection: a Python client reading 260 MB answers would be what is measured.
+            url = f"{server.dicomweb}/studies/{big.study}/series/{big.series}"
+            return wrk([url], {"Accept": DICOM_ACCEPT}, seconds=4, connections=1)[1]
+
+        bench.add(f"retrieve the {big.count}-instance series", "MB/s", bench.alternate(retrieve), True)
+        started = time.perf_counter()
+        subprocess.run(["cat", *map(str, pacsflow.storage.rglob(f"{big.series}/*.dcm"))],
+                       stdout=subprocess.DEVNULL, check=True)  # fmt: skip
+        cat_mb_s = big.bytes / (time.perf_counter() - started) / 1e6
+        say(f"  `cat` of the same files (page cache): {cat_mb_s:.0f} MB/s")
+        stop.append(True)
+        sampler.join()
+        bench.add("peak memory of all the server's processes", "MB",
+                  (pacsflow.peak_rss / 1e6, orthanc.peak_rss / 1e6), False)  # fmt: skip
+        for name, peak in sorted(pacsflow.peak_by_process.items(), key=lambda item: -item[1])[:8]:
+            say(f"    pacsflow {name}: {peak / 1e6:.0f} MB")
+        if args.profile:
+            profile(args.profile, pacsflow, data)
+        return {
+            "rows": [{**r.__dict__, "ratio": round(r.ratio, 2)} for r in bench.rows],
+            "pacsflow_ingest_to_visible_ms": {"p50": pct(indexed, 0.5), "p99": pct(indexed, 0.99)},
+            "cat_mb_s": round(cat_mb_s),
+            "peak_rss_by_process_mb": {
+                server.name: {k: round(v / 1e6) for k, v in sorted(server.peak_by_process.items())}
+                for server in servers
+            },
+            "data": {s.name: {"instances": s.count, "bytes": s.bytes} for s in data.every()},
+            "orthanc": {"SeriesMetadata": "Full", "StudiesMetadata": "Full", "SyncStorageArea": True},
+        }
+    finally:
+        stop.append(True)
+        for server in reversed(servers):
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def self_bound(count: int) -> int:
+    """Requests for a warm figure: fewer for big series, whose answers take long on Orthanc."""
+    return 20 if count <= 500 else 5
+
+
+def _process_name(pid: int) -> str:
+    argv = _cmdline(pid)
+    if "pipeline" in argv:
+        return f"pacsflow {' '.join(argv[argv.index('pipeline') + 1 :])}"
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return str(pid)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+PROFILES = ("retrieve", "metadata", "qido", "frames")
+
+
+def profile(what: str, pacsflow: Server, data: DataSet) -> None:
+    """py-spy of pacsflow's web process while wrk loads one of ``PROFILES``; the raw samples go to
+    tests/bench/results, the frames of pacsflow's own code that take the most time are printed."""
+    big = data.big
+    series = f"/studies/{big.study}/series/{big.series}"
+    path, headers, connections = {
+        "retrieve": (series, {"Accept": DICOM_ACCEPT}, 1),
+        "metadata": (f"{series}/metadata", {"Accept-Encoding": "gzip"}, 16),
+        "qido": (f"/studies?{OHIF_STUDY_LIST}", {}, 16),
+        "frames": (f"{series}/instances/{big.series}.1/frames/1", {"Accept": OHIF_FRAMES}, 16),
+    }[what]
+    web = [pid for pid in pacsflow.pids() if _cmdline(pid)[-2:] == ["pipeline", "web"]]
+    out = RESULTS / f"profile-{what}.txt"
+    spy = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "py-spy"),
+            "record",
+            "-p",
+            str(web[0]),
+            "-d",
+            "6",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wrk([f"{pacsflow.dicomweb}{path}"], headers, seconds=7, connections=connections)
+    spy.wait(60)
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack.endswith("_worker (concurrent/futures/thread.py:81)"):
+            continue  # an idle thread of the pool, waiting for work
+        total += int(count)
+        for frame in set(stack.split(";")):
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    say(f"  profile of {what} ({total} busy samples; raw in {out.relative_to(ROOT)}):")
+    for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:25]:
+        say(f"    {count / max(total, 1) * 100:5.1f}%  {frame}")
+
+
+def report(result: dict[str, Any]) -> Iterator[str]:
+    yield "| metric | pacsflow | Orthanc | ratio (>1: pacsflow better) |"
+    yield "|---|---|---|---|"
+    for row in result["rows"]:
+        unit = row["unit"]
+        yield f"| {row['metric']} ({unit}) | {row['pacsflow']:g} | {row['orthanc']:g} | {row['ratio']:.2f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--big", type=int, default=500, help="instances of the big CT series (512x512)")
+    parser.add_argument("--growth", default="100,500,2000", help="series sizes for metadata growth")
+    parser.add_argument("--frames", type=int, default=120, help="frames of the multi-frame instance")
+    parser.add_argument("--requests", type=int, default=200, help="requests per one-client latency figure")
+    parser.add_argument(
+        "--profile", default="", help="a DICOMweb path to profile pacsflow's web on with py-spy"
+    )
+    args = parser.parse_args()
+    started = time.perf_counter()
+    result = run(args)
+    result["when"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result["seconds"] = round(time.perf_counter() - started)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"versus-{result['when'].replace(':', '')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    say("")
+    for line in report(result):
+        say(line)
+    say(f"\n{result['seconds']} s; results in {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
