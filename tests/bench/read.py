@@ -85,6 +85,7 @@ def wrk(
     urls: Sequence[str], headers: dict[str, str], seconds: int = 5, connections: int = 16
 ) -> tuple[float, float, int]:
     """req/s, MB/s and requests of wrk (one thread: the server has the other core)."""
+    WORK.mkdir(parents=True, exist_ok=True)
     script = WORK / "rotate.lua"
     paths = ", ".join(
         json.dumps(urllib.parse.urlsplit(u).path + "?" + urllib.parse.urlsplit(u).query) for u in urls
