@@ -13,7 +13,7 @@ size), frames (single-frame and frame N of a multi-frame instance), whole-series
 the peak memory of each server's processes. A table (ratio > 1: pacsflow is better) is printed
 and written, with everything measured, to tests/bench/results/versus-<time>.json.
 
-    python -m tests.bench.versus [--big 500] [--growth 100,500,2000] [--profile retrieve|metadata|qido|frames]
+    python -m tests.bench.versus [--big 500] [--growth 100,500,2000] [--profile retrieve,frames,...]
 """
 
 from __future__ import annotations
@@ -561,8 +561,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   (pacsflow.peak_rss / 1e6, orthanc.peak_rss / 1e6), False)  # fmt: skip
         for name, peak in sorted(pacsflow.peak_by_process.items(), key=lambda item: -item[1])[:8]:
             say(f"    pacsflow {name}: {peak / 1e6:.0f} MB")
-        if args.profile:
-            profile(args.profile, pacsflow, data)
+        for what in filter(None, args.profile.split(",")):
+            profile(what, pacsflow, data)
         return {
             "rows": [{**r.__dict__, "ratio": round(r.ratio, 2)} for r in bench.rows],
             "pacsflow_ingest_to_visible_ms": {"p50": pct(indexed, 0.5), "p99": pct(indexed, 0.99)},
@@ -668,7 +668,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=120, help="frames of the multi-frame instance")
     parser.add_argument("--requests", type=int, default=200, help="requests per one-client latency figure")
     parser.add_argument(
-        "--profile", default="", help="a DICOMweb path to profile pacsflow's web on with py-spy"
+        "--profile",
+        default="",
+        help=f"at the end, profile pacsflow's web server under these loads ({','.join(PROFILES)})",
     )
     args = parser.parse_args()
     started = time.perf_counter()
