@@ -28,6 +28,8 @@ from pipeline.stores.search import BY_KEYWORD, BY_TAG, Condition, Hit, InvalidQu
 DICOM_JSON = "application/dicom+json"
 DEFAULT_LIMIT = 100
 _CONTROL = ("includefield", "limit", "offset", "fuzzymatching")
+# Keys whose repeats (``Modality=CT&Modality=MR``) make one list.
+_LISTS = (search.Match.UID, search.Match.CODE, search.Match.MODALITIES)
 _ACCEPTED = ("application/dicom+json", "application/json", "application/*", "*/*")
 
 # What each level returns without being asked (everything OHIF's study list and viewer read).
@@ -161,9 +163,6 @@ def _conditions(query: MultiMapping[str]) -> list[Condition]:
             raise BadRequest(f"{key} is given {len(values)} times; it takes one value")
         conditions.append(Condition(attribute, values[0]))
     return conditions
-
-
-_LISTS = (search.Match.UID, search.Match.CODE, search.Match.MODALITIES)
 
 
 def _parse(request: web.Request, level: Level) -> tuple[Search, set[str] | None, list[str]]:

@@ -130,7 +130,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
 
 def _frame_numbers(text: str) -> list[int]:
     numbers = []
-    for piece in text.replace("%2C", ",").split(","):
+    for piece in text.split(","):  # aiohttp has decoded %2C already
         piece = piece.strip()
         if not piece.isdigit():
             raise BadRequest(f"frame list {text!r}: {piece!r} is not a frame number (1, 2, ...)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, time
 from typing import Any
@@ -155,8 +155,7 @@ def _has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
 
 
-def _range(value: str, parse: object, what: str) -> tuple[object | None, object | None]:
-    assert callable(parse)
+def _range(value: str, parse: Callable[[str], Any], what: str) -> tuple[Any, Any]:
     low, dash, high = value.partition("-")
     bounds: list[Any] = []
     for text in (low, high) if dash else (low,):
