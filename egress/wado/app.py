@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
+from egress.viewer import site as viewer
 from egress.wado import metadata, qido, retrieve
 from egress.wado.access_log import ACCESS_LOG, AccessLogger, AccessLogPublisher, echo_trace_id, tracing
 from egress.wado.cors import cors
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
     metadata.add_routes(app, PREFIXES)
     qido.add_routes(app, PREFIXES)
     retrieve.add_routes(app, PREFIXES)
+    viewer.add_routes(app, settings)
     return app
 
 

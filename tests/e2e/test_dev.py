@@ -58,9 +58,12 @@ class Dev:
         return {f"{e['service']}/{e['child']}": int(e["pid"]) for e in started}  # type: ignore[call-overload]
 
 
-def start_dev(data_dir: Path, output: Path, scp_port: int, http_port: int) -> Dev:
+def start_dev(
+    data_dir: Path, output: Path, scp_port: int, http_port: int, settings: dict[str, str] | None = None
+) -> Dev:
     env = {
         **os.environ,
+        **(settings or {}),
         "PACSFLOW_DATA_DIR": str(data_dir),
         "PACSFLOW_SCP_PORT": str(scp_port),
         "PACSFLOW_HTTP_PORT": str(http_port),
@@ -110,6 +113,7 @@ def test_dev_brings_everything_up_stores_heals_and_stops_in_reverse(dev: Dev, tm
     banner = dev.text()
     assert f"127.0.0.1:{dev.scp_port}  AE title PACSFLOW" in banner
     assert f"http://127.0.0.1:{dev.http_port}/dicomweb" in banner
+    assert f"viewer (OHIF)            http://127.0.0.1:{dev.http_port}/\n" in banner
     assert str(dev.data_dir / "storage") in banner
     assert "Ctrl-C" in banner
     started = [e["child"] for e in dev.events("child_ready")]

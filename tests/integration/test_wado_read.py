@@ -561,6 +561,10 @@ def test_tenant_isolation_on_every_route(stack: Stack) -> None:
 
 def test_every_request_is_one_access_log_record_and_one_log_line(stack: Stack, broker: Broker) -> None:
     marker = str(uuid.uuid4())
+    # Health checks and the viewer's files get a log line, not an analytics record.
+    for other, path in (("1", "/health"), ("2", "/app-config.js")):
+        status, _, _ = get(stack.base + path, **{"X-Request-ID": marker[:-1] + other})
+        assert status == 200, path
     status, headers, _ = get(stack.url(f"/studies/{stack.uid(2)}/series"), **{"X-Request-ID": marker})
     assert status == 200 and headers["x-request-id"] == marker
     status, _, _ = get(
@@ -571,6 +575,7 @@ def test_every_request_is_one_access_log_record_and_one_log_line(stack: Stack, b
         read_topic(broker.bootstrap, "wado_access_log", 2, 30, lambda r: r["trace_id"][:-1] == marker[:-1])
     )
     found = {json.loads(r.value)["trace_id"]: json.loads(r.value) for r in records}
+    assert set(found) == {marker, marker[:-1] + "0"}
     record = found[marker]
     assert record["route"] == "/dicomweb/studies/{study}/series" and record["status"] == 200
     assert record["study_uid"] == stack.uid(2) and record["tenant_id"] == "default"

@@ -134,6 +134,41 @@ def mr_series(study: str, series_uid: str, count: int, **kwargs: object) -> list
     return series(SeriesSpec(study, series_uid, "PAT-MR", "MR", count), MRImageStorage, **kwargs)
 
 
+def phantom_ct(study: str, series_uid: str, count: int, patient_name: str, size: int = 512) -> list[Dataset]:
+    """A CT series a person recognises in a viewer: a body outline, two lungs that grow and shrink
+    along the stack, a heart, a spine and a table, in Hounsfield units with a soft-tissue window."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    datasets = []
+    for n in range(1, count + 1):
+        z = n / count
+        hu = np.full((size, size), -1000, dtype=np.int32)
+        hu[(x / 0.42) ** 2 + ((y - 0.02) / 0.3) ** 2 < 1] = 40
+        lung = 0.1 * float(np.sin(np.pi * z)) + 0.08
+        for side in (-0.17, 0.17):
+            hu[((x - side) / 0.12) ** 2 + ((y + 0.02) / lung) ** 2 < 1] = -850
+        hu[((x + 0.04) / 0.1) ** 2 + ((y + 0.08) / 0.085) ** 2 < 1] = 60  # the heart
+        hu[x**2 + (y - 0.2) ** 2 < 0.045**2] = 700
+        hu[(np.abs(y - 0.4) < 0.012) & (np.abs(x) < 0.45)] = 300
+        hu += np.random.default_rng(n).normal(0, 12, hu.shape).astype(np.int32)  # CT's grain
+        ds = image(
+            CTImageStorage,
+            study,
+            series_uid,
+            f"{series_uid}.{n}",
+            n,
+            patient_id="PHANTOM-1",
+            patient_name=patient_name,
+            rows=size,
+            columns=size,
+        )
+        ds.SeriesDescription = "Chest phantom"
+        ds.StudyDescription = "pacsflow viewer check"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = np.clip(hu + 1024, 0, 4095).astype("<u2").tobytes()
+        datasets.append(ds)
+    return datasets
+
+
 def write(ds: Dataset, path: Path, *, as_is: bool = False) -> Path:
     """Write a Part 10 file; ``as_is`` keeps the file meta as set (it may disagree with the dataset)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     assert loaded.kafka_bootstrap == ""
     assert loaded.kafka_session_timeout_s is None
     assert loaded.outbox_dir == tmp_path / "outbox"
+    assert loaded.viewer == "on"
 
 
 def test_values_are_parsed() -> None:
@@ -41,6 +42,15 @@ def test_values_are_parsed() -> None:
     assert loaded.scp_extra_sop_classes == ("1.3.12.2.1107.5.9.1",)
     assert loaded.public_url == "https://pacs.example.org"
     assert loaded.storage_root == Path("/srv/dicom")
+
+
+def test_the_viewer_is_on_off_or_a_build_folder(tmp_path: Path) -> None:
+    assert settings.load({"PACSFLOW_VIEWER": "OFF"}).viewer is None
+    assert settings.load({"PACSFLOW_VIEWER": " on "}).viewer == "on"
+    (tmp_path / "index.html").write_text("<!doctype html>")
+    assert settings.load({"PACSFLOW_VIEWER": str(tmp_path)}).viewer == tmp_path
+    with pytest.raises(SettingsError, match=r"holds no index\.html: give the dist folder of an OHIF build"):
+        settings.load({"PACSFLOW_VIEWER": str(tmp_path / "missing")})
 
 
 def test_every_bad_value_is_named_with_what_was_expected() -> None:

@@ -1,0 +1,144 @@
+"""The viewer at ``/``: OHIF's files, its generated configuration, and its pages.
+
+OHIF is a single-page application: ``/viewer?StudyInstanceUIDs=...`` or a tenant's
+``/tenants/<t>/`` is the same ``index.html``, whose script reads the address. A request is given
+that page when a browser navigates to it (it accepts HTML and the last path segment has no dot, the
+rule of connect-history-api-fallback); anything else that names no file is a 404, so a missing
+script fails as a 404 rather than as HTML parsed as JavaScript. DICOMweb paths never reach here
+with a page: an unknown DICOMweb route stays a JSON 404.
+
+Names with webpack's content hash (``app.bundle.0f6159c501addfe9.js``) never change, so browsers
+keep them a year without asking; every other file is revalidated (ETag) on each load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from aiohttp import hdrs, web
+
+from egress.viewer import config
+from egress.viewer.release import VERSION, installed_dir, is_installed
+from egress.wado.errors import NotFound
+from pipeline import log
+from pipeline.models.identifiers import InvalidIdentifier, TenantId
+from pipeline.settings import Settings
+
+_log = log.get(__name__)
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
+_HASHED = re.compile(r"(?:^|\.)[0-9a-f]{16,}\.[a-z0-9]+$")
+_TENANT = re.compile(r"^tenants/([^/]*)(?:/(.*))?$", re.DOTALL)
+_DICOMWEB = re.compile(r"^(?:tenants/[^/]*/)?dicomweb(?:/|$)")
+
+
+def cache_control(name: str) -> str:
+    return IMMUTABLE if _HASHED.search(name) else REVALIDATE
+
+
+def wants_page(request: web.Request, path: str) -> bool:
+    accept = request.headers.get(hdrs.ACCEPT, "*/*")
+    return "." not in path.rsplit("/", 1)[-1] and ("text/html" in accept or "*/*" in accept)
+
+
+class _Generated:
+    """A small text answer built once: the page and the configuration."""
+
+    def __init__(self, body: bytes, content_type: str) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.etag = hashlib.sha256(body).hexdigest()[:20]
+
+    def response(self, request: web.Request) -> web.StreamResponse:
+        if request.if_none_match and any(tag.value == self.etag for tag in request.if_none_match):
+            response = web.StreamResponse(status=304)
+        else:
+            response = web.Response(body=self.body, content_type=self.content_type, charset="utf-8")
+            response.enable_compression()
+        response.etag = self.etag
+        response.headers[hdrs.CACHE_CONTROL] = REVALIDATE
+        return response
+
+
+class Site:
+    """One OHIF build, served."""
+
+    def __init__(self, folder: Path, settings: Settings) -> None:
+        self.folder = folder.resolve()
+        self.page = _Generated((folder / "index.html").read_bytes(), "text/html")
+        public = settings.public_base if settings.public_url else None
+        self.config = _Generated(config.served(public).encode(), "text/javascript")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        if _DICOMWEB.match(path):
+            raise NotFound(f"{request.path} is not a DICOMweb route (see the README's list of endpoints)")
+        tenant = _TENANT.match(path)
+        if tenant:
+            _check_tenant(tenant.group(1))
+            path = tenant.group(2) or ""
+        if path == "app-config.js":
+            return self.config.response(request)
+        file = self._file(path)
+        if file is not None:
+            return web.FileResponse(file, headers={hdrs.CACHE_CONTROL: cache_control(file.name)})
+        if wants_page(request, path):
+            return self.page.response(request)
+        raise NotFound(f"{request.path}: the viewer has no such file")
+
+    def _file(self, path: str) -> Path | None:
+        if not path or any(part.startswith(".") for part in path.split("/")):
+            return None
+        candidate = (self.folder / path).resolve()
+        if candidate.is_relative_to(self.folder) and candidate.is_file():
+            return candidate
+        return None
+
+
+def _check_tenant(name: str) -> None:
+    try:
+        TenantId(name)
+    except InvalidIdentifier as exc:
+        raise NotFound(f"no tenant {name!r}: {exc}") from exc
+
+
+_NOT_INSTALLED = """<!doctype html><meta charset="utf-8"><title>pacsflow</title>
+<h1>pacsflow: the viewer is not installed</h1>
+<p>DICOMweb works: <a href="/dicomweb/studies">/dicomweb/studies</a>.
+<p>The OHIF viewer comes from the npm registry. Install Node.js with npm (<code>apt-get install
+npm</code>) and run <code>make install</code>, then restart pacsflow. To have no viewer and no
+such page, set <code>PACSFLOW_VIEWER=off</code>.
+"""
+
+
+def add_routes(app: web.Application, settings: Settings, release_dir: Path | None = None) -> None:
+    """The viewer's routes; add them last: they answer every path nothing else does.
+
+    ``release_dir`` is where ``PACSFLOW_VIEWER=on`` looks (default: where ``make install`` puts
+    the release)."""
+    if settings.viewer is None:
+
+        async def off(request: web.Request) -> web.StreamResponse:
+            raise NotFound("the viewer is turned off (PACSFLOW_VIEWER=off); DICOMweb is at /dicomweb")
+
+        app.router.add_get("/", off)
+        return
+    on = settings.viewer == "on"
+    folder = (release_dir or installed_dir()) if on else Path(settings.viewer)
+    if on and not is_installed(folder):
+        _log.warning("viewer_not_installed", expected=str(folder), fix="install npm, then run make install")
+
+        async def not_installed(request: web.Request) -> web.StreamResponse:
+            path = request.match_info["path"]
+            if _DICOMWEB.match(path) or not wants_page(request, path):
+                raise NotFound(f"{request.path}: no such route")
+            return web.Response(status=503, text=_NOT_INSTALLED, content_type="text/html")
+
+        app.router.add_get("/{path:.*}", not_installed)
+        return
+    site = Site(folder, settings)
+    _log.info("viewer_served", folder=str(folder), version=VERSION if on else "own build")
+    app.router.add_get("/{path:.*}", site.handle)

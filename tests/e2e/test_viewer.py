@@ -1,0 +1,143 @@
+"""OHIF in a real browser against a running `pacsflow dev`: served by pacsflow, and from another
+origin as a hospital's own OHIF deployment would be.
+
+Debian's chromium is driven by playwright-core (`tests/browser/viewer.mjs`, installed by `make
+install` from `tests/browser/package-lock.json`). The script reports what the browser saw and
+writes screenshots to `tests/browser/results/<run>/`; this test checks the report, and prints the
+timings (`pytest -s`) that the README quotes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from egress.viewer.config import fixed
+from egress.viewer.release import installed_dir, is_installed
+from tests.e2e.test_dev import Dev, start_dev
+from tests.support import dicomdata
+from tests.support.dicomdata import uid
+from tests.support.dimse import require_dcmtk, storescu
+from tests.support.services import free_port, require, wait_for
+from tests.support.static_site import StaticSite
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.dcmtk, pytest.mark.browser]
+
+BROWSER = Path(__file__).parents[1] / "browser"
+RESULTS = BROWSER / "results"
+CHROMIUM = Path("/usr/bin/chromium")
+PATIENT = "Phantom^Pacsflow"
+SHOWN_AS = "Phantom, Pacsflow"  # how OHIF's study list writes the name
+SLICES = 100
+STUDY = uid(880, 1)
+SERIES = uid(880, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, int]]:
+    require_dcmtk()
+    require(CHROMIUM.exists(), "Debian's chromium (make test installs it: apt-get install chromium)")
+    require(shutil.which("node") is not None, "Node.js (apt-get install npm; make install)")
+    require((BROWSER / "node_modules" / "playwright-core").is_dir(), "playwright-core (make install)")
+    require(is_installed(installed_dir()), "the OHIF viewer (make install)")
+    tmp = tmp_path_factory.mktemp("viewer")
+    static_port = free_port()
+    # Only the other origin is allowed: the cross-origin run proves the CORS settings, not `*`.
+    running = start_dev(
+        tmp / "var",
+        tmp / "dev.log",
+        free_port(),
+        free_port(),
+        {"PACSFLOW_CORS_ORIGINS": f"http://127.0.0.1:{static_port}"},
+    )
+    try:
+        files = dicomdata.write_all(dicomdata.phantom_ct(STUDY, SERIES, SLICES, PATIENT), tmp / "files")
+        sent = storescu(running.scp_port, files)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: _indexed(running.http_port) == SLICES, 60, "the study to be searchable")
+        yield running, static_port
+    finally:
+        if running.process.poll() is None:
+            os.killpg(running.process.pid, signal.SIGTERM)
+            running.process.wait(timeout=60)
+
+
+def _indexed(port: int) -> int:
+    url = f"http://127.0.0.1:{port}/dicomweb/studies?StudyInstanceUID={STUDY}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        found = json.load(response)
+    return int(found[0]["00201208"]["Value"][0]) if found else 0
+
+
+def _browse(url: str, run: str) -> dict[str, object]:
+    out = RESULTS / run
+    shutil.rmtree(out, ignore_errors=True)
+    job = {
+        "url": url,
+        "patient": SHOWN_AS,
+        "seriesUid": SERIES,
+        "frames": SLICES,
+        "out": str(out),
+        "chromium": str(CHROMIUM),
+        "timeoutMs": 120_000,
+    }
+    result = subprocess.run(
+        ["node", str(BROWSER / "viewer.mjs"), json.dumps(job)], capture_output=True, text=True, timeout=400
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(f"\n{run}: {json.dumps(report['timings'])}")
+    return report
+
+
+def _check(report: dict[str, object], run: str) -> None:
+    assert "error" not in report, f"{report['error']}\nsteps: {report['steps']}"
+    assert report["consoleErrors"] == [], report["consoleErrors"]
+    assert report["failedRequests"] == [], report["failedRequests"]
+    # Every slice of the series on screen, each fetched once or more, every time with 200.
+    expected = {f"{SERIES}.{n}" for n in range(1, SLICES + 1)}
+    assert report["frames"] == dict.fromkeys(expected, 200)
+    timings = report["timings"]
+    assert isinstance(timings, dict) and set(timings) == {
+        "studyListMs",
+        "firstImageMs",
+        "allFramesMs",
+        "studyListAgainMs",
+    }
+    canvas = report["canvas"]
+    assert isinstance(canvas, dict) and canvas["colours"] > 2, canvas
+    for shot in ("study-list.png", "study.png"):
+        with Image.open(RESULTS / run / shot) as image:
+            assert image.size == (1440, 900)
+            # Not a blank page: a screenshot of OHIF has its dark background and much else.
+            assert len(image.convert("L").getcolors(maxcolors=65536) or ()) > 20, shot
+
+
+def test_the_viewer_served_by_pacsflow_lists_opens_and_loads_a_100_slice_series(
+    dev: tuple[Dev, int],
+) -> None:
+    running, _ = dev
+    report = _browse(f"http://127.0.0.1:{running.http_port}/", "same-origin")
+    _check(report, "same-origin")
+    # Same origin: the browser sends no Origin on these GETs, and no CORS header is needed.
+    assert set(report["dicomwebOrigins"]) == {"(none)"}  # type: ignore[call-overload]
+
+
+def test_a_viewer_on_another_origin_reads_pacsflow_through_cors(dev: tuple[Dev, int]) -> None:
+    running, static_port = dev
+    config = fixed(f"http://127.0.0.1:{running.http_port}/dicomweb").encode()
+    with StaticSite(installed_dir(), static_port, {"/app-config.js": config}) as site:
+        report = _browse(f"{site.origin}/", "cross-origin")
+    _check(report, "cross-origin")
+    origins = report["dicomwebOrigins"]
+    assert isinstance(origins, dict) and set(origins) == {site.origin}, origins
+    assert report["allowedOrigins"] == {site.origin: origins[site.origin]}

@@ -1,0 +1,230 @@
+"""The viewer's routes over real HTTP, on a small OHIF-shaped folder; its configuration run in node.
+
+The real OHIF in a real browser is tests/e2e/test_viewer.py."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from egress.viewer import config, release, site
+from egress.wado.errors import errors
+from pipeline import settings as settings_module
+from pipeline.settings import Settings
+from tests.support.services import require
+
+ROOT = Path(__file__).resolve().parents[3]
+PAGE = b"<!doctype html><script src='/app-config.js'></script><div id=root></div>"
+BUNDLE = "app.bundle.0f6159c501addfe9.js"
+Check = Callable[[ClientSession, str], Awaitable[None]]
+
+
+def _dist(folder: Path) -> Path:
+    (folder / "assets").mkdir(parents=True)
+    (folder / "index.html").write_bytes(PAGE)
+    (folder / BUNDLE).write_text("console.log('ohif');" * 200)
+    (folder / f"{BUNDLE}.gz").write_bytes(gzip.compress((folder / BUNDLE).read_bytes()))
+    (folder / "manifest.json").write_text('{"name": "OHIF"}')
+    (folder / "assets" / "logo.svg").write_text("<svg/>")
+    (folder / release.COMPLETE).write_text("fake")
+    return folder
+
+
+def _serve(settings: Settings, check: Check, release_dir: Path | None = None) -> None:
+    async def main() -> None:
+        app = web.Application(middlewares=[errors])
+        if release_dir is None:
+            site.add_routes(app, settings)
+        else:
+            site.add_routes(app, settings, release_dir=release_dir)
+        async with TestServer(app) as server, ClientSession() as client:
+            await check(client, str(server.make_url("")).rstrip("/"))
+
+    asyncio.run(main())
+
+
+def _settings(tmp_path: Path, **env: str) -> Settings:
+    return settings_module.load({"PACSFLOW_DATA_DIR": str(tmp_path / "var"), **env})
+
+
+def test_pages_files_and_their_cache_headers(tmp_path: Path) -> None:
+    dist = _dist(tmp_path / "dist")
+
+    async def check(client: ClientSession, base: str) -> None:
+        html = {"Accept": "text/html,application/xhtml+xml"}
+        # The application's routes, for the default tenant and another, are its one page.
+        for path in ("/", "/viewer?StudyInstanceUIDs=1.2.3", "/tenants/alpha/", "/tenants/alpha/viewer"):
+            async with client.get(base + path, headers=html) as response:
+                assert response.status == 200, path
+                assert await response.read() == PAGE
+                assert response.headers["Cache-Control"] == "no-cache"
+                etag = response.headers["ETag"]
+        async with client.get(base + "/", headers={**html, "If-None-Match": etag}) as response:
+            assert response.status == 304
+        # Hashed names never change: a year, immutable; and gzip from the precompressed twin.
+        async with client.get(base + "/" + BUNDLE, headers={"Accept-Encoding": "gzip"}) as response:
+            assert response.status == 200
+            assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert await response.text() == (dist / BUNDLE).read_text()
+        for path in ("/manifest.json", "/assets/logo.svg", "/tenants/alpha/manifest.json"):
+            async with client.get(base + path) as response:
+                assert response.status == 200, path
+                assert response.headers["Cache-Control"] == "no-cache"
+        async with client.get(base + "/app-config.js") as response:
+            assert response.status == 200
+            assert response.content_type == "text/javascript"
+            assert response.headers["Cache-Control"] == "no-cache"
+            assert "window.config = config" in await response.text()
+
+    _serve(_settings(tmp_path, PACSFLOW_VIEWER=str(dist)), check)
+
+
+def test_what_is_no_page_is_a_404_with_a_reason(tmp_path: Path) -> None:
+    dist = _dist(tmp_path / "dist")
+    (tmp_path / "secret.txt").write_text("not the viewer's")
+    (dist / "escape.txt").symlink_to(tmp_path / "secret.txt")
+
+    async def check(client: ClientSession, base: str) -> None:
+        cases = {
+            # A missing script is a 404, not the page parsed as JavaScript.
+            "/app.bundle.ffffffffffffffff.js": "the viewer has no such file",
+            # Scripts' fetches do not want the page.
+            "/viewer": "the viewer has no such file",
+            # Unknown DICOMweb routes stay DICOMweb's, even for a browser.
+            "/dicomweb/nothing": "is not a DICOMweb route",
+            "/tenants/alpha/dicomweb/nothing": "is not a DICOMweb route",
+            "/tenants/a%20b/": "no tenant 'a b'",
+            # Nothing outside the folder, nothing hidden in it.
+            "/assets/..%2F..%2Fsecret.txt": "the viewer has no such file",
+            "/.complete": "the viewer has no such file",
+            "/escape.txt": "the viewer has no such file",
+        }
+        for path, reason in cases.items():
+            accept = "text/html" if "dicomweb" in path or "tenants" in path else "application/json"
+            # encoded=True: the path goes out exactly as written, %2F and all.
+            async with client.get(URL(base + path, encoded=True), headers={"Accept": accept}) as response:
+                assert response.status == 404, path
+                assert reason in (await response.json())["error"], path
+
+    _serve(_settings(tmp_path, PACSFLOW_VIEWER=str(dist)), check)
+
+
+def test_a_missing_viewer_is_explained_and_off_means_no_viewer(tmp_path: Path) -> None:
+    async def missing(client: ClientSession, base: str) -> None:
+        async with client.get(base + "/", headers={"Accept": "text/html"}) as response:
+            assert response.status == 503
+            text = await response.text()
+            assert "the viewer is not installed" in text
+            assert "make install" in text and "PACSFLOW_VIEWER=off" in text
+        async with client.get(base + "/dicomweb/nothing") as response:
+            assert response.status == 404
+
+    # "on" looks where `make install` puts the release; here, an empty folder.
+    _serve(_settings(tmp_path), missing, release_dir=tmp_path / "not-installed")
+
+    async def off(client: ClientSession, base: str) -> None:
+        async with client.get(base + "/", headers={"Accept": "text/html"}) as response:
+            assert response.status == 404
+            assert "the viewer is turned off (PACSFLOW_VIEWER=off)" in (await response.json())["error"]
+
+    _serve(_settings(tmp_path, PACSFLOW_VIEWER="off"), off, release_dir=_dist(tmp_path / "dist"))
+
+
+def _evaluate(script: str, href: str) -> dict[str, object]:
+    """Run an app-config.js as the browser would, on a page at ``href``; return window.config."""
+    node = shutil.which("node")
+    require(node is not None, "Node.js (apt-get install npm; make install)")
+    program = (
+        "const vm = require('vm'); const url = new URL(process.argv[1]);"
+        "const window = {location: {origin: url.origin, pathname: url.pathname, href: url.href}};"
+        "vm.runInNewContext(require('fs').readFileSync(0, 'utf8'), {window});"
+        "process.stdout.write(JSON.stringify(window.config));"
+    )
+    result = subprocess.run([str(node), "-e", program, href], input=script, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    evaluated: dict[str, object] = json.loads(result.stdout)
+    return evaluated
+
+
+def _source(evaluated: dict[str, object]) -> dict[str, object]:
+    sources = evaluated["dataSources"]
+    assert isinstance(sources, list) and len(sources) == 1
+    assert evaluated["defaultDataSourceName"] == sources[0]["sourceName"]
+    source: dict[str, object] = sources[0]["configuration"]
+    return source
+
+
+def test_the_served_configuration_follows_the_page_tenant() -> None:
+    script = config.served(None)
+    cases = {
+        "http://pacs.local:8080/": ("http://pacs.local:8080/dicomweb", "/"),
+        "http://pacs.local:8080/viewer": ("http://pacs.local:8080/dicomweb", "/"),
+        "http://pacs.local:8080/tenants/alpha/": (
+            "http://pacs.local:8080/tenants/alpha/dicomweb",
+            "/tenants/alpha",
+        ),
+        "http://pacs.local:8080/tenants/alpha/viewer": (
+            "http://pacs.local:8080/tenants/alpha/dicomweb",
+            "/tenants/alpha",
+        ),
+    }
+    for href, (dicomweb, basename) in cases.items():
+        evaluated = _evaluate(script, href)
+        source = _source(evaluated)
+        assert source["qidoRoot"] == source["wadoRoot"] == source["wadoUriRoot"] == dicomweb, href
+        assert evaluated["routerBasename"] == basename, href
+    # What the issue asks of the data source, and the prefetcher that fetches every frame.
+    source = _source(_evaluate(script, "http://pacs.local/"))
+    assert source["supportsWildcard"] is source["supportsFuzzyMatching"] is True
+    assert source["qidoSupportsIncludeField"] is source["enableStudyLazyLoad"] is True
+    assert source["bulkDataURI"] == {"enabled": True, "relativeResolution": "studies"}
+    assert _evaluate(script, "http://pacs.local/")["studyPrefetcher"]["enabled"] is True  # type: ignore[index]
+    # Behind a proxy that rewrites hosts, PACSFLOW_PUBLIC_URL wins over the page's origin.
+    behind = _source(_evaluate(config.served("https://pacs.example.org"), "http://10.0.0.5:8080/tenants/b/"))
+    assert behind["qidoRoot"] == "https://pacs.example.org/tenants/b/dicomweb"
+
+
+def test_pacsflow_viewer_config_writes_a_fixed_configuration() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "viewer-config",
+            "--dicomweb",
+            "https://pacs.example.org/dicomweb/",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    evaluated = _evaluate(result.stdout, "https://viewer.hospital.example/")
+    assert _source(evaluated)["qidoRoot"] == "https://pacs.example.org/dicomweb"
+    assert evaluated["routerBasename"] == "/"
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline", "viewer-config", "--dicomweb", "pacs:8080/dicomweb"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert refused.returncode == 1
+    assert "is not an absolute http(s) URL" in refused.stderr
+
+
+def test_the_image_pins_the_same_release() -> None:
+    dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
+    pinned = re.search(r"^ARG OHIF_VERSION=(\S+)$", dockerfile, re.MULTILINE)
+    assert pinned and pinned.group(1) == release.VERSION
