@@ -1,7 +1,7 @@
 // Drives Debian's chromium through OHIF as a person would: the study list, then one study.
 // tests/e2e/test_viewer.py runs it and checks what it reports; it asserts nothing itself.
 //
-//   node tests/browser/viewer.mjs '<json>'   with url, patient, seriesUid, frames, out, chromium
+//   node tests/browser/viewer.mjs '<json>'   with url, patient, absent, seriesUid, frames, out, chromium
 //
 // Writes <out>/study-list.png, <out>/study.png and prints one JSON report on stdout.
 import { chromium } from 'playwright-core';
@@ -83,6 +83,11 @@ try {
   await page.getByText(job.patient).first().waitFor({ state: 'visible', timeout });
   report.timings.studyListMs = Date.now() - start;
   step('study list shows the patient');
+  // Patients of other tenants must not be listed.
+  report.othersListed = [];
+  for (const other of job.absent ?? []) {
+    if ((await page.getByText(other).count()) > 0) report.othersListed.push(other);
+  }
   await dismiss(page, /confirm and hide/i);
   await page.screenshot({ path: join(job.out, 'study-list.png') });
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.dcmtk, pytest.ma
 BROWSER = Path(__file__).parents[1] / "browser"
 RESULTS = BROWSER / "results"
 CHROMIUM = Path("/usr/bin/chromium")
-PATIENT = "Phantom^Pacsflow"
-SHOWN_AS = "Phantom, Pacsflow"  # how OHIF's study list writes the name
-SLICES = 100
-STUDY = uid(880, 1)
-SERIES = uid(880, 1, 1)
+
+
+@dataclass(frozen=True)
+class Study:
+    patient: str
+    slices: int
+    study: str
+    series: str
+    called: str  # the AE title storescu calls: it picks the tenant
+    tenant: str | None  # None: the default tenant
+
+    @property
+    def listed_as(self) -> str:
+        """How OHIF's study list writes the name."""
+        family, given = self.patient.split("^")
+        return f"{family}, {given}"
+
+
+DEFAULT = Study("Phantom^Pacsflow", 100, uid(880, 1), uid(880, 1, 1), "PACSFLOW", None)
+ALPHA = Study("Alpha^Tenant", 20, uid(880, 2), uid(880, 2, 1), "ALPHA", "alpha")
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +72,20 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, int]]:
         tmp / "dev.log",
         free_port(),
         free_port(),
-        {"PACSFLOW_CORS_ORIGINS": f"http://127.0.0.1:{static_port}"},
+        {"PACSFLOW_CORS_ORIGINS": f"http://127.0.0.1:{static_port}", "PACSFLOW_SCP_TENANTS": "ALPHA=alpha"},
     )
     try:
-        files = dicomdata.write_all(dicomdata.phantom_ct(STUDY, SERIES, SLICES, PATIENT), tmp / "files")
-        sent = storescu(running.scp_port, files)
-        assert sent.returncode == 0, sent.stderr
-        wait_for(lambda: _indexed(running.http_port) == SLICES, 60, "the study to be searchable")
+        for study in (DEFAULT, ALPHA):
+            datasets = dicomdata.phantom_ct(study.study, study.series, study.slices, study.patient)
+            sent = storescu(
+                running.scp_port, dicomdata.write_all(datasets, tmp / study.called), called=study.called
+            )
+            assert sent.returncode == 0, sent.stderr
+            wait_for(
+                lambda study=study: _indexed(running.http_port, study) == study.slices,
+                60,
+                "the study to be searchable",
+            )
         yield running, static_port
     finally:
         if running.process.poll() is None:
@@ -70,21 +93,23 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, int]]:
             running.process.wait(timeout=60)
 
 
-def _indexed(port: int) -> int:
-    url = f"http://127.0.0.1:{port}/dicomweb/studies?StudyInstanceUID={STUDY}"
+def _indexed(port: int, study: Study) -> int:
+    prefix = f"/tenants/{study.tenant}" if study.tenant else ""
+    url = f"http://127.0.0.1:{port}{prefix}/dicomweb/studies?StudyInstanceUID={study.study}"
     with urllib.request.urlopen(url, timeout=5) as response:
         found = json.load(response)
     return int(found[0]["00201208"]["Value"][0]) if found else 0
 
 
-def _browse(url: str, run: str) -> dict[str, object]:
+def _browse(url: str, run: str, study: Study, absent: Study) -> dict[str, object]:
     out = RESULTS / run
     shutil.rmtree(out, ignore_errors=True)
     job = {
         "url": url,
-        "patient": SHOWN_AS,
-        "seriesUid": SERIES,
-        "frames": SLICES,
+        "patient": study.listed_as,
+        "absent": [absent.listed_as],
+        "seriesUid": study.series,
+        "frames": study.slices,
         "out": str(out),
         "chromium": str(CHROMIUM),
         "timeoutMs": 120_000,
@@ -99,12 +124,13 @@ def _browse(url: str, run: str) -> dict[str, object]:
     return report
 
 
-def _check(report: dict[str, object], run: str) -> None:
+def _check(report: dict[str, object], run: str, study: Study) -> None:
     assert "error" not in report, f"{report['error']}\nsteps: {report['steps']}"
     assert report["consoleErrors"] == [], report["consoleErrors"]
     assert report["failedRequests"] == [], report["failedRequests"]
+    assert report["othersListed"] == [], "another tenant's patient is listed"
     # Every slice of the series on screen, each fetched once or more, every time with 200.
-    expected = {f"{SERIES}.{n}" for n in range(1, SLICES + 1)}
+    expected = {f"{study.series}.{n}" for n in range(1, study.slices + 1)}
     assert report["frames"] == dict.fromkeys(expected, 200)
     timings = report["timings"]
     assert isinstance(timings, dict) and set(timings) == {
@@ -126,8 +152,8 @@ def test_the_viewer_served_by_pacsflow_lists_opens_and_loads_a_100_slice_series(
     dev: tuple[Dev, int],
 ) -> None:
     running, _ = dev
-    report = _browse(f"http://127.0.0.1:{running.http_port}/", "same-origin")
-    _check(report, "same-origin")
+    report = _browse(f"http://127.0.0.1:{running.http_port}/", "same-origin", DEFAULT, ALPHA)
+    _check(report, "same-origin", DEFAULT)
     # Same origin: the browser sends no Origin on these GETs, and no CORS header is needed.
     assert set(report["dicomwebOrigins"]) == {"(none)"}  # type: ignore[call-overload]
 
@@ -136,8 +162,19 @@ def test_a_viewer_on_another_origin_reads_pacsflow_through_cors(dev: tuple[Dev, 
     running, static_port = dev
     config = fixed(f"http://127.0.0.1:{running.http_port}/dicomweb").encode()
     with StaticSite(installed_dir(), static_port, {"/app-config.js": config}) as site:
-        report = _browse(f"{site.origin}/", "cross-origin")
-    _check(report, "cross-origin")
+        report = _browse(f"{site.origin}/", "cross-origin", DEFAULT, ALPHA)
+    _check(report, "cross-origin", DEFAULT)
     origins = report["dicomwebOrigins"]
     assert isinstance(origins, dict) and set(origins) == {site.origin}, origins
     assert report["allowedOrigins"] == {site.origin: origins[site.origin]}
+
+
+def test_a_tenant_has_its_own_viewer_at_its_own_path(dev: tuple[Dev, int]) -> None:
+    running, _ = dev
+    report = _browse(f"http://127.0.0.1:{running.http_port}/tenants/alpha/", "tenant", ALPHA, DEFAULT)
+    _check(report, "tenant", ALPHA)
+    # Everything the page asked of DICOMweb, it asked of the tenant's.
+    timeline = report["timeline"]
+    assert isinstance(timeline, list)
+    dicomweb = {entry["url"].split("/dicomweb/")[0] for entry in timeline if "/dicomweb/" in entry["url"]}
+    assert dicomweb == {f"http://127.0.0.1:{running.http_port}/tenants/alpha"}
