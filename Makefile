@@ -14,7 +14,7 @@ APT_PACKAGES := dcmtk redis-server
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(BROWSER_TOOLS) ## create .venv, install pacsflow, its tools and the OHIF viewer (quick when done)
+install: $(STAMP) ## create .venv, install pacsflow, its tools and the OHIF viewer (quick when done)
 	@$(BIN)/python -m egress.viewer.install || echo "viewer: pacsflow runs without it; its / page says how to add it"
 
 $(STAMP): pyproject.toml
@@ -30,7 +30,7 @@ $(BROWSER_TOOLS): tests/browser/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  echo "installing playwright-core for the browser tests (tests/browser) ..."; \
 	  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error; \
-	else echo "npm not found: browser tests will be skipped; install npm, then run make install again"; fi
+	else echo "npm not found: browser tests will be skipped (under CI, fail); install npm, then run make test again"; fi
 
 system-deps: ## install Debian packages the tests use as real peers (dcmtk; redis-server, which tests stop)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -47,7 +47,7 @@ run: install ## start the whole system on this machine (pacsflow dev)
 
 test: ## run the whole test suite (installs what it needs first, chromium included)
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) chromium"
-	@$(MAKE) --no-print-directory install
+	@$(MAKE) --no-print-directory install $(BROWSER_TOOLS)
 	$(BIN)/pytest
 
 lint: install ## ruff, mypy (strict) and the import-linter contracts

@@ -10,6 +10,8 @@ import asyncio
 import os
 import signal
 import socket
+import sys
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -37,6 +39,24 @@ def stop_on_signals() -> asyncio.Event:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     return stop
+
+
+def exit_if_stuck(grace_s: float, what: str) -> threading.Timer:
+    """End the process with status 1 unless it has ended by itself within ``grace_s``.
+
+    For a stop that a library can deadlock (mode's worker, seen waiting forever after the broker
+    went away during the stop): a process that never ends holds its database connections, so
+    PostgreSQL cannot stop either, and a supervisor's children outlive it. The timer's thread is a
+    daemon: a process that ends in time is not held by it."""
+
+    def give_up() -> None:
+        print(f"pacsflow: {what} did not stop within {grace_s:g} s; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(grace_s, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def run(main: Coroutine[Any, Any, None], *, fast: bool = True) -> None:

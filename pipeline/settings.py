@@ -60,9 +60,10 @@ class Settings:
     public_url: str
     cors_origins: tuple[str, ...]
     """Origins whose pages may call the DICOMweb API; ``*`` for any."""
-    viewer: str | Path | None
-    """``"on"``: the OHIF ``make install`` put beside the environment; a folder: that OHIF build;
-    None: no viewer."""
+    viewer: str
+    """``on`` (the OHIF ``make install`` put beside the environment), ``off``, or the absolute path
+    of an OHIF build's folder, checked by the web server when it starts: the other services need
+    not see it."""
     kafka_bootstrap: str
     kafka_partitions: int
     kafka_replication: int
@@ -225,14 +226,11 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
-def _viewer(raw: str) -> str | Path | None:
+def _viewer(raw: str) -> str:
     value = raw.strip()
     if value.lower() in ("on", "off"):
-        return "on" if value.lower() == "on" else None
-    folder = Path(value).expanduser().absolute()
-    if not (folder / "index.html").is_file():
-        raise ValueError(f"{folder} holds no index.html: give the dist folder of an OHIF build")
-    return folder
+        return value.lower()
+    return str(Path(value).expanduser().absolute())
 
 
 def _text(raw: str) -> str:

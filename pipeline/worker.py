@@ -13,6 +13,9 @@ from pipeline.settings import Settings
 from pipeline.topics import BROKER_FAILURES, ensure_topics
 
 _log = log.get(__name__)
+STOP_GRACE_S = 15.0
+"""A healthy stop takes a second or two; past this one, the worker ends itself (see
+``lifecycle.exit_if_stuck``). Its offsets are committed or not: either way, at least once."""
 
 
 class Worker(faust.Worker):
@@ -32,6 +35,11 @@ class Worker(faust.Worker):
         if created:
             _log.info("topics_created", topics=created, partitions=self.settings.kafka_partitions)
         await super().on_first_start()
+
+    async def on_stop(self) -> None:
+        _log.info("worker_stopping", grace_s=STOP_GRACE_S)
+        lifecycle.exit_if_stuck(STOP_GRACE_S, "the worker")
+        await super().on_stop()
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()

@@ -15,8 +15,8 @@ COMPLETE = ".complete"
 
 
 def installed_dir(prefix: str = sys.prefix) -> Path:
-    """Beside the Python environment pacsflow runs from (``.venv`` or the image's ``/usr/local``),
-    so that every process of one install finds the same files and ``make clean`` removes them."""
+    """Beside the Python environment pacsflow runs from (``.venv`` or the image's ``/usr/local``):
+    every process of one install finds the same files, and ``make clean`` removes them."""
     return Path(prefix) / "share" / "pacsflow" / f"ohif-{VERSION}"
 
 

@@ -22,7 +22,9 @@ from aiohttp import hdrs, web
 from egress.viewer import config
 from egress.viewer.release import VERSION, installed_dir, is_installed
 from egress.wado.errors import NotFound
+from egress.wado.urls import is_dicomweb
 from pipeline import log
+from pipeline.errors import PacsflowError
 from pipeline.models.identifiers import InvalidIdentifier, TenantId
 from pipeline.settings import Settings
 
@@ -32,7 +34,6 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 _HASHED = re.compile(r"(?:^|\.)[0-9a-f]{16,}\.[a-z0-9]+$")
 _TENANT = re.compile(r"^tenants/([^/]*)(?:/(.*))?$", re.DOTALL)
-_DICOMWEB = re.compile(r"^(?:tenants/[^/]*/)?dicomweb(?:/|$)")
 
 
 def cache_control(name: str) -> str:
@@ -45,7 +46,8 @@ def wants_page(request: web.Request, path: str) -> bool:
 
 
 class _Generated:
-    """A small text answer built once: the page and the configuration."""
+    """A small text answer built once: the page and the configuration. A few kilobytes, sent as
+    they are: one representation, one ETag."""
 
     def __init__(self, body: bytes, content_type: str) -> None:
         self.body = body
@@ -57,7 +59,6 @@ class _Generated:
             response = web.StreamResponse(status=304)
         else:
             response = web.Response(body=self.body, content_type=self.content_type, charset="utf-8")
-            response.enable_compression()
         response.etag = self.etag
         response.headers[hdrs.CACHE_CONTROL] = REVALIDATE
         return response
@@ -74,7 +75,7 @@ class Site:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
-        if _DICOMWEB.match(path):
+        if is_dicomweb(request.path):
             raise NotFound(f"{request.path} is not a DICOMweb route (see the README's list of endpoints)")
         tenant = _TENANT.match(path)
         if tenant:
@@ -90,7 +91,8 @@ class Site:
         raise NotFound(f"{request.path}: the viewer has no such file")
 
     def _file(self, path: str) -> Path | None:
-        if not path or any(part.startswith(".") for part in path.split("/")):
+        # A dot first refuses ".." as well as hidden files; a NUL cannot be in a file name.
+        if not path or "\x00" in path or any(part.startswith(".") for part in path.split("/")):
             return None
         candidate = (self.folder / path).resolve()
         if candidate.is_relative_to(self.folder) and candidate.is_file():
@@ -119,7 +121,7 @@ def add_routes(app: web.Application, settings: Settings, release_dir: Path | Non
 
     ``release_dir`` is where ``PACSFLOW_VIEWER=on`` looks (default: where ``make install`` puts
     the release)."""
-    if settings.viewer is None:
+    if settings.viewer == "off":
 
         async def off(request: web.Request) -> web.StreamResponse:
             raise NotFound("the viewer is turned off (PACSFLOW_VIEWER=off); DICOMweb is at /dicomweb")
@@ -128,12 +130,17 @@ def add_routes(app: web.Application, settings: Settings, release_dir: Path | Non
         return
     on = settings.viewer == "on"
     folder = (release_dir or installed_dir()) if on else Path(settings.viewer)
+    if not on and not (folder / "index.html").is_file():
+        raise PacsflowError(
+            f"PACSFLOW_VIEWER={folder}: no index.html there; give the dist folder of an OHIF build, "
+            "or `on` (the release make install fetched) or `off`"
+        )
     if on and not is_installed(folder):
         _log.warning("viewer_not_installed", expected=str(folder), fix="install npm, then run make install")
 
         async def not_installed(request: web.Request) -> web.StreamResponse:
             path = request.match_info["path"]
-            if _DICOMWEB.match(path) or not wants_page(request, path):
+            if is_dicomweb(request.path) or not wants_page(request, path):
                 raise NotFound(f"{request.path}: no such route")
             return web.Response(status=503, text=_NOT_INSTALLED, content_type="text/html")
 

@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from aiokafka import AIOKafkaProducer
 
 from egress.wado.keys import SETTINGS
+from egress.wado.urls import is_dicomweb
 from pipeline import log, topics
 from pipeline.models import WadoAccessLog
 from pipeline.models.formats import doris_datetime
@@ -141,9 +142,6 @@ async def echo_trace_id(request: web.Request, response: web.StreamResponse) -> N
         response.headers[TRACE_HEADER] = request[TRACE_ID]
 
 
-_DICOMWEB_ROUTES = ("/dicomweb", "/tenants/{tenant}/dicomweb")
-
-
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access logger: the canonical line and the record, once the answer is sent."""
 
@@ -169,8 +167,9 @@ class AccessLogger(AbstractAccessLogger):
             created_time=doris_datetime(datetime.now(UTC)),
             worker_node_id=settings.node_id,
         )
-        # The topic is DICOMweb's: health checks and the viewer's own files are not analytics.
-        if route.startswith(_DICOMWEB_ROUTES):
+        # The topic is DICOMweb's (unknown DICOMweb paths included): health checks and the
+        # viewer's own files are not analytics.
+        if is_dicomweb(request.path):
             app[ACCESS_LOG].add(record)
         _log.info(
             "request",

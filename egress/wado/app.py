@@ -15,6 +15,7 @@ from egress.wado.cors import cors
 from egress.wado.errors import errors
 from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
 from egress.wado.routes import routes
+from egress.wado.urls import PREFIXES
 from pipeline import lifecycle, log
 from pipeline.cache import Cache
 from pipeline.errors import PacsflowError
@@ -23,9 +24,6 @@ from pipeline.settings import Settings
 from pipeline.stores.files import StorageLayout
 
 _log = log.get(__name__)
-
-
-PREFIXES = ("/dicomweb", "/tenants/{tenant}/dicomweb")
 
 
 def create_app(settings: Settings) -> web.Application:

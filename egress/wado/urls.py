@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from egress.wado.errors import BadRequest
@@ -9,6 +11,15 @@ from pipeline.errors import PacsflowError
 from pipeline.metadata import dicomweb_root
 from pipeline.models import TenantId, Uid
 from pipeline.settings import Settings
+
+PREFIXES = ("/dicomweb", "/tenants/{tenant}/dicomweb")
+"""Where DICOMweb is: the default tenant's, and every other tenant's."""
+_DICOMWEB_PATH = re.compile(r"^/(?:tenants/[^/]*/)?dicomweb(?:/|$)")
+
+
+def is_dicomweb(path: str) -> bool:
+    """Whether a request's path is under one of the PREFIXES, routed or not."""
+    return _DICOMWEB_PATH.match(path) is not None
 
 
 def tenant_of(request: web.Request, settings: Settings) -> TenantId:

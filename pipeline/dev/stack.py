@@ -117,7 +117,7 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
             "pacsflow is running",
             f"  DICOM (C-STORE, C-ECHO)  127.0.0.1:{settings.scp_port}  AE title {settings.scp_ae_title}",
             f"  DICOMweb                 {base}/dicomweb",
-            *([f"  viewer (OHIF)            {base}/"] if settings.viewer else []),
+            *([f"  viewer (OHIF)            {base}/"] if settings.viewer != "off" else []),
             f"  health                   {base}/health",
             f"  storage root             {settings.storage_root}",
             f"  Kafka                    {settings.kafka_bootstrap}{broker_note}",

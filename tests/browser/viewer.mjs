@@ -24,6 +24,7 @@ const report = {
   dicomwebOrigins: {},
   // Every finished request, in ms from the first navigation: where the time went.
   timeline: [],
+  harnessErrors: [],
   allowedOrigins: {},
 };
 const step = (name) => report.steps.push(name);
@@ -38,6 +39,7 @@ try {
   const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
   let start = Date.now();
   let opened = null;
+  let inFlight = 0;
   let framesDone = null;
   let resolveFrames;
   const allFrames = new Promise((resolve) => (resolveFrames = resolve));
@@ -47,10 +49,13 @@ try {
     if (message.type() === 'error') report.consoleErrors.push(message.text());
   });
   page.on('pageerror', (error) => report.consoleErrors.push(`uncaught: ${error.message}`));
-  page.on('requestfailed', (request) =>
-    report.failedRequests.push({ url: request.url(), error: request.failure()?.errorText ?? 'failed' }),
-  );
+  page.on('request', () => inFlight++);
+  page.on('requestfailed', (request) => {
+    inFlight--;
+    report.failedRequests.push({ url: request.url(), error: request.failure()?.errorText ?? 'failed' });
+  });
   page.on('requestfinished', async (request) => {
+    inFlight--;
     const timing = request.timing();
     report.timeline.push({
       url: request.url(),
@@ -58,11 +63,15 @@ try {
       endMs: Math.round(timing.startTime + timing.responseEnd - start),
     });
     if (!request.url().includes('/dicomweb/')) return;
-    const sent = (await request.allHeaders()).origin ?? '(none)';
-    report.dicomwebOrigins[sent] = (report.dicomwebOrigins[sent] ?? 0) + 1;
-    const response = await request.response();
-    const allowed = (response && (await response.headerValue('access-control-allow-origin'))) ?? '(none)';
-    report.allowedOrigins[allowed] = (report.allowedOrigins[allowed] ?? 0) + 1;
+    try {
+      const sent = (await request.allHeaders()).origin ?? '(none)';
+      report.dicomwebOrigins[sent] = (report.dicomwebOrigins[sent] ?? 0) + 1;
+      const response = await request.response();
+      const allowed = (response && (await response.headerValue('access-control-allow-origin'))) ?? '(none)';
+      report.allowedOrigins[allowed] = (report.allowedOrigins[allowed] ?? 0) + 1;
+    } catch (error) {
+      report.harnessErrors.push(`reading ${request.url()}: ${error}`);
+    }
   });
   page.on('response', (response) => {
     const status = response.status();
@@ -131,8 +140,10 @@ try {
     step('every frame fetched');
   }
   await dismiss(page, /skip all/i);
-  // Let late requests (thumbnails, the prefetcher's tail) finish before the picture is taken.
-  await page.waitForLoadState('networkidle', { timeout: 30_000 }).catch(() => step('network never idle'));
+  // Late requests (thumbnails, the prefetcher's tail) finish before the picture is taken and
+  // before the next navigation, which would cancel them. OHIF opens a study without a page load,
+  // so Playwright's own "networkidle" has long been reached: count requests instead.
+  await quiet(() => inFlight);
   await page.screenshot({ path: join(job.out, 'study.png') });
 
   // Back to the study list, as the next visit: OHIF's hashed files come from the browser's cache.
@@ -141,12 +152,27 @@ try {
   await page.getByText(job.patient).first().waitFor({ state: 'visible', timeout });
   report.timings.studyListAgainMs = Date.now() - again;
   step('study list shown again');
+  await quiet(() => inFlight);
+  // Listeners still reading headers finish before the browser goes.
+  await page.removeAllListeners('requestfinished', { behavior: 'wait' });
 } catch (error) {
   report.error = String(error.stack ?? error);
 } finally {
   await browser.close();
 }
 process.stdout.write(JSON.stringify(report) + '\n');
+
+// Resolves once no request has been in flight for half a second (or after 30 s, noted).
+async function quiet(inFlight) {
+  const deadline = Date.now() + 30_000;
+  let since = Date.now();
+  while (Date.now() < deadline) {
+    if (inFlight() > 0) since = Date.now();
+    else if (Date.now() - since >= 500) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  step('network never quiet');
+}
 
 // OHIF's notices (investigational use, the first-visit tour) are dismissed as a person would.
 async function dismiss(page, name) {

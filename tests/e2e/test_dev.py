@@ -5,88 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pipeline import topics
 from tests.support import dicomdata
+from tests.support.dev import Dev, start_dev
 from tests.support.dicomdata import dataset_bytes, uid
 from tests.support.dimse import c_echo, echoscu, require_dcmtk, storescu
 from tests.support.services import free_port, read_topic, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.dcmtk]
-
-
-@dataclass
-class Dev:
-    process: subprocess.Popen[bytes]
-    output: Path
-    scp_port: int
-    http_port: int
-    data_dir: Path
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def events(self, name: str, service: str | None = "dev") -> list[dict[str, object]]:
-        """Log lines of one event; by default those of `pacsflow dev` itself, not of its children."""
-        found = []
-        for line in self.text().splitlines():
-            if line.startswith("{") and f'"{name}"' in line:
-                record = json.loads(line)
-                if record.get("event") == name and service in (None, record.get("service")):
-                    found.append(record)
-        return found
-
-    def bootstrap(self) -> str:
-        match = re.search(r"Kafka\s+(\S+)", self.text())
-        assert match, "the banner names the Kafka bootstrap"
-        return match.group(1)
-
-    def child_pids(self, service: str | None = "dev") -> dict[str, int]:
-        """The latest pid of each child (``service=None``: grandchildren too, e.g. SCP replicas)."""
-        started = self.events("child_started", service)
-        return {f"{e['service']}/{e['child']}": int(e["pid"]) for e in started}  # type: ignore[call-overload]
-
-
-def start_dev(
-    data_dir: Path, output: Path, scp_port: int, http_port: int, settings: dict[str, str] | None = None
-) -> Dev:
-    env = {
-        **os.environ,
-        **(settings or {}),
-        "PACSFLOW_DATA_DIR": str(data_dir),
-        "PACSFLOW_SCP_PORT": str(scp_port),
-        "PACSFLOW_HTTP_PORT": str(http_port),
-        "PACSFLOW_LOG_FORMAT": "json",
-    }
-    for name in ("PACSFLOW_KAFKA_BOOTSTRAP", "PACSFLOW_DATABASE_URL", "NOTIFY_SOCKET"):
-        env.pop(name, None)
-    with output.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "dev"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    dev = Dev(process, output, scp_port, http_port, data_dir)
-    wait_for(
-        lambda: dev.text().count("pacsflow is running") or process.poll() is not None,
-        120,
-        "pacsflow dev to print its endpoints",
-    )
-    assert process.poll() is None, dev.text()[-3000:]
-    return dev
 
 
 def alive(pid: int) -> bool:
@@ -173,6 +107,7 @@ def test_data_is_kept_across_restarts_and_no_child_outlives_a_killed_supervisor(
     assert first.process.wait(60) == 0
 
     second = start_dev(data_dir, tmp_path / "second.log", scp_port, http_port)
+    pids: dict[str, int] = {}
     try:
         assert "initdb" not in second.text()
         assert len([p for p in (data_dir / "storage").rglob("*.dcm")]) == 1
@@ -181,12 +116,17 @@ def test_data_is_kept_across_restarts_and_no_child_outlives_a_killed_supervisor(
         second.process.wait()
         wait_for(
             lambda: not [n for n, pid in pids.items() if alive(pid)],
-            20,
+            # The worker's own stop is bounded by STOP_GRACE_S (15 s); PostgreSQL waits for it.
+            40,
             f"children {pids} to exit after their supervisor was killed",
         )
     finally:
         if second.process.poll() is None:
             os.killpg(second.process.pid, signal.SIGKILL)
+        # A failed check leaves no orphan behind to slow the tests after it.
+        for pid in pids.values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def _partitions(bootstrap: str) -> dict[str, int]:

@@ -14,8 +14,8 @@ import pytest
 
 from pipeline import topics
 from tests.conftest import query
-from tests.e2e.test_dev import start_dev
 from tests.support import dicomdata
+from tests.support.dev import start_dev
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
 from tests.support.doris import routine_load_columns

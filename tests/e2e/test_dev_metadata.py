@@ -18,8 +18,8 @@ from pipeline.models import TenantId, Uid
 from pipeline.regeneration import MetadataBuilder
 from pipeline.stores.files import StorageLayout
 from tests.conftest import query
-from tests.e2e.test_dev import start_dev
 from tests.support import dicomdata
+from tests.support.dev import start_dev
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
 from tests.support.metadata import THRESHOLD, expected_instance, number_of, read_metadata, sop_of

@@ -23,8 +23,8 @@ from PIL import Image
 
 from egress.viewer.config import fixed
 from egress.viewer.release import installed_dir, is_installed
-from tests.e2e.test_dev import Dev, start_dev
 from tests.support import dicomdata
+from tests.support.dev import Dev, start_dev
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
 from tests.support.services import free_port, require, wait_for
@@ -57,23 +57,39 @@ DEFAULT = Study("Phantom^Pacsflow", 100, uid(880, 1), uid(880, 1, 1), "PACSFLOW"
 ALPHA = Study("Alpha^Tenant", 20, uid(880, 2), uid(880, 2, 1), "ALPHA", "alpha")
 
 
+def _node_major() -> int:
+    node = shutil.which("node")
+    if node is None:
+        return 0
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+    return int(version.lstrip("v").split(".")[0] or 0)
+
+
 @pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, int]]:
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, StaticSite]]:
     require_dcmtk()
     require(CHROMIUM.exists(), "Debian's chromium (make test installs it: apt-get install chromium)")
-    require(shutil.which("node") is not None, "Node.js (apt-get install npm; make install)")
-    require((BROWSER / "node_modules" / "playwright-core").is_dir(), "playwright-core (make install)")
+    require(_node_major() >= 18, "Node.js 18 or later (make test installs Debian's npm)")
+    require((BROWSER / "node_modules" / "playwright-core").is_dir(), "playwright-core (make test)")
     require(is_installed(installed_dir()), "the OHIF viewer (make install)")
     tmp = tmp_path_factory.mktemp("viewer")
-    static_port = free_port()
-    # Only the other origin is allowed: the cross-origin run proves the CORS settings, not `*`.
-    running = start_dev(
-        tmp / "var",
-        tmp / "dev.log",
-        free_port(),
-        free_port(),
-        {"PACSFLOW_CORS_ORIGINS": f"http://127.0.0.1:{static_port}", "PACSFLOW_SCP_TENANTS": "ALPHA=alpha"},
-    )
+    http_port = free_port()
+    # The other origin: a plain static server holding OHIF and a configuration aimed at pacsflow.
+    # It binds its port now, before pacsflow starts.
+    config = fixed(f"http://127.0.0.1:{http_port}/dicomweb").encode()
+    with StaticSite(installed_dir(), free_port(), {"/app-config.js": config}) as site:
+        # Only that origin is allowed: the cross-origin run proves the CORS settings, not `*`.
+        running = start_dev(
+            tmp / "var",
+            tmp / "dev.log",
+            free_port(),
+            http_port,
+            {"PACSFLOW_CORS_ORIGINS": site.origin, "PACSFLOW_SCP_TENANTS": "ALPHA=alpha"},
+        )
+        yield from _with_studies(running, tmp, site)
+
+
+def _with_studies(running: Dev, tmp: Path, site: StaticSite) -> Iterator[tuple[Dev, StaticSite]]:
     try:
         for study in (DEFAULT, ALPHA):
             datasets = dicomdata.phantom_ct(study.study, study.series, study.slices, study.patient)
@@ -86,7 +102,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, int]]:
                 60,
                 "the study to be searchable",
             )
-        yield running, static_port
+        yield running, site
     finally:
         if running.process.poll() is None:
             os.killpg(running.process.pid, signal.SIGTERM)
@@ -129,6 +145,8 @@ def _check(report: dict[str, object], run: str, study: Study) -> None:
     assert report["consoleErrors"] == [], report["consoleErrors"]
     assert report["failedRequests"] == [], report["failedRequests"]
     assert report["othersListed"] == [], "another tenant's patient is listed"
+    assert report["harnessErrors"] == [], report["harnessErrors"]
+    assert "network never quiet" not in report["steps"]  # type: ignore[operator]
     # Every slice of the series on screen, each fetched once or more, every time with 200.
     expected = {f"{study.series}.{n}" for n in range(1, study.slices + 1)}
     assert report["frames"] == dict.fromkeys(expected, 200)
@@ -149,7 +167,7 @@ def _check(report: dict[str, object], run: str, study: Study) -> None:
 
 
 def test_the_viewer_served_by_pacsflow_lists_opens_and_loads_a_100_slice_series(
-    dev: tuple[Dev, int],
+    dev: tuple[Dev, StaticSite],
 ) -> None:
     running, _ = dev
     report = _browse(f"http://127.0.0.1:{running.http_port}/", "same-origin", DEFAULT, ALPHA)
@@ -158,18 +176,16 @@ def test_the_viewer_served_by_pacsflow_lists_opens_and_loads_a_100_slice_series(
     assert set(report["dicomwebOrigins"]) == {"(none)"}  # type: ignore[call-overload]
 
 
-def test_a_viewer_on_another_origin_reads_pacsflow_through_cors(dev: tuple[Dev, int]) -> None:
-    running, static_port = dev
-    config = fixed(f"http://127.0.0.1:{running.http_port}/dicomweb").encode()
-    with StaticSite(installed_dir(), static_port, {"/app-config.js": config}) as site:
-        report = _browse(f"{site.origin}/", "cross-origin", DEFAULT, ALPHA)
+def test_a_viewer_on_another_origin_reads_pacsflow_through_cors(dev: tuple[Dev, StaticSite]) -> None:
+    _, site = dev
+    report = _browse(f"{site.origin}/", "cross-origin", DEFAULT, ALPHA)
     _check(report, "cross-origin", DEFAULT)
     origins = report["dicomwebOrigins"]
     assert isinstance(origins, dict) and set(origins) == {site.origin}, origins
     assert report["allowedOrigins"] == {site.origin: origins[site.origin]}
 
 
-def test_a_tenant_has_its_own_viewer_at_its_own_path(dev: tuple[Dev, int]) -> None:
+def test_a_tenant_has_its_own_viewer_at_its_own_path(dev: tuple[Dev, StaticSite]) -> None:
     running, _ = dev
     report = _browse(f"http://127.0.0.1:{running.http_port}/tenants/alpha/", "tenant", ALPHA, DEFAULT)
     _check(report, "tenant", ALPHA)

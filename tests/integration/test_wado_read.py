@@ -128,6 +128,10 @@ def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def _running(broker: Broker, tmp: Path, dsn: str) -> Iterator[Stack]:
     asyncio.run(migrate(dsn))
+    # A viewer of our own making: these tests need its routes, not OHIF from the npm registry.
+    viewer = tmp / "viewer"
+    viewer.mkdir()
+    (viewer / "index.html").write_text("<!doctype html><title>viewer</title>")
     common = {
         "PACSFLOW_STORAGE_ROOT": str(tmp / "storage"),
         "PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
@@ -151,7 +155,7 @@ def _running(broker: Broker, tmp: Path, dsn: str) -> Iterator[Stack]:
             tmp / "worker.log",
         ),
         Service("web", {**common, "PACSFLOW_DATA_DIR": str(tmp / "web"), "PACSFLOW_HTTP_PORT": str(http_port),
-                        "PACSFLOW_NODE_ID": "web-test"}, tmp / "web.log"),
+                        "PACSFLOW_NODE_ID": "web-test", "PACSFLOW_VIEWER": str(viewer)}, tmp / "web.log"),
     ]  # fmt: skip
     for service in services:
         service.start()
@@ -582,5 +586,10 @@ def test_every_request_is_one_access_log_record_and_one_log_line(stack: Stack, b
     assert record["bytes"] > 0 and record["duration_ms"] > 0 and record["client_address"] == "127.0.0.1"
     assert record["worker_node_id"] == "web-test"
     assert found[marker[:-1] + "0"]["status"] == 404
-    lines = [line for line in stack.web.events("request") if line.get("trace_id") == marker]
+    # The line is written once the answer has gone out: it may trail the client by a moment.
+    lines = wait_for(
+        lambda: [line for line in stack.web.events("request") if line.get("trace_id") == marker],
+        10,
+        "the request's log line",
+    )
     assert len(lines) == 1 and lines[0]["status"] == 200 and lines[0]["route"] == record["route"]

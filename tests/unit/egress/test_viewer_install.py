@@ -9,6 +9,7 @@ import io
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,19 @@ def test_only_dist_is_unpacked_links_never_and_big_text_gets_a_gzip_twin(tmp_pat
     assert gzip.decompress((into / "app.bundle.0f6159c501addfe9.js.gz").read_bytes()) == bundle
 
 
-def test_a_tarball_without_a_built_viewer_is_refused(tmp_path: Path) -> None:
+def test_a_tarball_without_a_built_viewer_or_with_a_way_out_is_refused(tmp_path: Path) -> None:
     tarball = _tarball(tmp_path / "ohif-app.tgz", {"package/src/index.js": b""})
     with pytest.raises(install.InstallError, match=r"has no package/dist/index\.html"):
         install.unpack(tarball, tmp_path / "dist")
+    escape = _tarball(tmp_path / "escape.tgz", {"package/dist/index.html": b"", "package/dist/../../x": b""})
+    with pytest.raises(install.InstallError, match="points outside its folder"):
+        install.unpack(escape, tmp_path / "dist")
+    assert not (tmp_path / "x").exists()
+
+
+def test_unpacked_files_are_dated_now_not_as_npm_dates_them(tmp_path: Path) -> None:
+    # npm's tarballs date every file 1985-10-26; aiohttp's ETags are date and size.
+    tarball = _tarball(tmp_path / "ohif-app.tgz", {"package/dist/index.html": b"<!doctype html>"})
+    before = time.time() - 1
+    install.unpack(tarball, tmp_path / "dist")
+    assert (tmp_path / "dist" / "index.html").stat().st_mtime >= before

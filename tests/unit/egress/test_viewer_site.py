@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from yarl import URL
@@ -21,6 +22,7 @@ from yarl import URL
 from egress.viewer import config, release, site
 from egress.wado.errors import errors
 from pipeline import settings as settings_module
+from pipeline.errors import PacsflowError
 from pipeline.settings import Settings
 from tests.support.services import require
 
@@ -110,6 +112,7 @@ def test_what_is_no_page_is_a_404_with_a_reason(tmp_path: Path) -> None:
             "/assets/..%2F..%2Fsecret.txt": "the viewer has no such file",
             "/.complete": "the viewer has no such file",
             "/escape.txt": "the viewer has no such file",
+            "/%00.js": "the viewer has no such file",
         }
         for path, reason in cases.items():
             accept = "text/html" if "dicomweb" in path or "tenants" in path else "application/json"
@@ -140,6 +143,12 @@ def test_a_missing_viewer_is_explained_and_off_means_no_viewer(tmp_path: Path) -
             assert "the viewer is turned off (PACSFLOW_VIEWER=off)" in (await response.json())["error"]
 
     _serve(_settings(tmp_path, PACSFLOW_VIEWER="off"), off, release_dir=_dist(tmp_path / "dist"))
+
+
+def test_a_folder_that_is_no_ohif_build_stops_the_web_server_with_the_fix(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, PACSFLOW_VIEWER=str(tmp_path / "empty"))
+    with pytest.raises(PacsflowError, match=r"no index\.html there; give the dist folder of an OHIF build"):
+        site.add_routes(web.Application(), settings)
 
 
 def _evaluate(script: str, href: str) -> dict[str, object]:
