@@ -21,6 +21,7 @@ from aiohttp import hdrs, web
 
 from egress.viewer import config
 from egress.viewer.release import VERSION, installed_dir, is_installed
+from egress.wado.conditional import held, not_modified
 from egress.wado.errors import NotFound
 from egress.wado.urls import is_dicomweb
 from pipeline import log
@@ -55,8 +56,8 @@ class _Generated:
         self.etag = hashlib.sha256(body).hexdigest()[:20]
 
     def response(self, request: web.Request) -> web.StreamResponse:
-        if request.if_none_match and any(tag.value == self.etag for tag in request.if_none_match):
-            response = web.StreamResponse(status=304)
+        if held(request, self.etag):
+            response = not_modified(self.etag)
         else:
             response = web.Response(body=self.body, content_type=self.content_type, charset="utf-8")
         response.etag = self.etag

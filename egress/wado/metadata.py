@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import hdrs, web
 
+from egress.wado.conditional import held, not_modified
 from egress.wado.errors import NotFound
 from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
 from egress.wado.urls import root_for, tenant_of, uid
@@ -120,8 +121,8 @@ async def _file(request: web.Request, path: Path) -> web.StreamResponse | None:
     except FileNotFoundError:
         return None
     etag = f"{stat.st_mtime_ns:x}-{stat.st_size:x}{'-gz' if gzipped else ''}"
-    if request.if_none_match and any(e.value == etag for e in request.if_none_match):
-        response = web.Response(status=304)
+    if held(request, etag):
+        response = not_modified(etag)
     else:
         try:
             body = (
@@ -141,10 +142,8 @@ async def _file(request: web.Request, path: Path) -> web.StreamResponse | None:
 
 async def _built(request: web.Request, body: bytes, stamp: str) -> web.StreamResponse:
     etag = hashlib.blake2b(stamp.encode(), digest_size=12).hexdigest()
-    if request.if_none_match and any(e.value == etag for e in request.if_none_match):
-        response = web.Response(status=304)
-        response.etag = etag
-        return response
+    if held(request, etag):
+        return not_modified(etag)
     response = web.Response(body=body, content_type=DICOM_JSON)
     response.etag = etag
     response.enable_compression()
