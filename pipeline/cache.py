@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-import faust
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
@@ -32,11 +31,14 @@ _WARN_EVERY_S = 30.0
 _PAUSE_S = 5.0
 
 
-class Cache(faust.Service):
-    """A Redis client opened with the service and closed with it; a no-op without a URL."""
+class Cache:
+    """A Redis client, opened by ``start`` and closed by ``stop``; a no-op without a URL.
+
+    A plain class, not a Faust service: the web server uses it too and must not import Faust. The
+    worker's app opens and closes it with its other services (``pipeline.app``).
+    """
 
     def __init__(self, url: str, prefix: str) -> None:
-        super().__init__()
         self._url = url
         self.prefix = prefix
         self._client: redis.Redis | None = None
@@ -47,13 +49,13 @@ class Cache(faust.Service):
     def enabled(self) -> bool:
         return bool(self._url)
 
-    async def on_start(self) -> None:
-        if self._url:
+    async def start(self) -> None:
+        if self._url and self._client is None:
             self._client = redis.from_url(
                 self._url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, retry_on_timeout=False
             )
 
-    async def on_stop(self) -> None:
+    async def stop(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None

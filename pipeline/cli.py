@@ -57,9 +57,14 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
             "or run `pacsflow dev`, which starts an embedded PostgreSQL"
         )
     if command == "scp" and settings.scp_processes > 1:
+        from pipeline import listeners
         from pipeline.dev.supervisor import run_replicas
 
-        replicas = run_replicas("scp", settings.scp_processes, settings.env, "PACSFLOW_SCP_PROCESSES")
+        # Bound here and handed to every process: the kernel refuses the port to anyone else.
+        listener = listeners.listen(settings.env, listeners.dicom(settings))
+        replicas = run_replicas(
+            "scp", settings.scp_processes, settings.env, "PACSFLOW_SCP_PROCESSES", listener
+        )
         lifecycle.run(replicas, fast=False)
     elif command == "scp":
         from ingress.scp.server import serve as serve_scp

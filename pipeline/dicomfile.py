@@ -93,6 +93,16 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return str(value).strip() or None
 
 
+def _uid(ds: Dataset, keyword: str) -> str:
+    """A UID as its bytes have it, less its padding: pydicom's ``UID`` strips all whitespace, and
+    a newline or a tab is not padding but part of a value that ``Uid`` must refuse."""
+    element = ds.get_item(keyword)
+    value = None if element is None else element.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").rstrip("\x00 ")
+    return "" if value is None else str(value)
+
+
 def read_header(dataset: bytes, transfer_syntax: str) -> Header:
     """Check that ``dataset`` (encoded in ``transfer_syntax``) is whole and read its header."""
     syntax = UID(transfer_syntax)
@@ -111,10 +121,10 @@ def read_header(dataset: bytes, transfer_syntax: str) -> Header:
         frames = ds.get("NumberOfFrames")
         number_of_frames = int(frames) if frames not in (None, "") else 1 if "Rows" in ds else None
         return Header(
-            sop_class_uid=_text(ds, "SOPClassUID") or "",
-            sop_instance_uid=_text(ds, "SOPInstanceUID") or "",
-            study_uid=_text(ds, "StudyInstanceUID") or "",
-            series_uid=_text(ds, "SeriesInstanceUID") or "",
+            sop_class_uid=_uid(ds, "SOPClassUID"),
+            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+            study_uid=_uid(ds, "StudyInstanceUID"),
+            series_uid=_uid(ds, "SeriesInstanceUID"),
             patient_id=_text(ds, "PatientID") or "",
             accession_number=_text(ds, "AccessionNumber"),
             study_date=_text(ds, "StudyDate"),

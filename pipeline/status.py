@@ -1,20 +1,87 @@
 """``pacsflow status``: what the operators look at. Per topic and partition: end offset, the
 worker group's committed offset and lag; the dead-letter queue's size; with a database, how many
-series have their metadata files current, pending or failed.
+series have their metadata files current, pending or failed; and each worker whose index stream
+is held, since when and why.
 
 Lag is end offset minus committed offset: exact on Kafka; on Tansu, whose offsets are not dense
 within a partition, it is an upper bound (zero still means caught up)."""
 
 from __future__ import annotations
 
+import json
+import re
+from datetime import UTC, datetime
+
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline import topics
+from pipeline import log, topics
+from pipeline.models.formats import iso_utc
+from pipeline.retries import describe
 from pipeline.settings import Settings
 from pipeline.stores import json_meta
 
 GROUP = "pacsflow"  # the Faust app id, which is the consumer group of every worker
+_HELD_NOTES = "index-held-*.json"
+_log = log.get(__name__)
+
+
+class HoldNote:
+    """A worker's note that its index stream is held, and why, for `pacsflow status`.
+
+    A file in the data dir's run folder rather than a row or a record: what holds the stream is
+    often the database, and status must show it then. One per node id; the worker deletes its own
+    when the stream flows again, and at start (a worker that died held leaves its note, dated).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._node_id = settings.node_id
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", settings.node_id)
+        self.path = settings.run_dir / _HELD_NOTES.replace("*", name)
+        self.since: datetime | None = None
+
+    def held(self, waiting_for: str, error: BaseException | None) -> None:
+        now = datetime.now(UTC)
+        self.since = self.since or now
+        note = {
+            "node_id": self._node_id,
+            "waiting_for": waiting_for,
+            "reason": describe(error),
+            "since": iso_utc(self.since),
+            "last_retry": iso_utc(now),
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            written = self.path.with_suffix(".tmp")
+            written.write_text(json.dumps(note), encoding="utf-8")
+            written.replace(self.path)  # status never reads half a note
+        except OSError as exc:  # e.g. the disk is full: the log still says why the stream is held
+            _log.warning("hold_note_not_written", path=str(self.path), error=describe(exc))
+
+    def flowing(self) -> float | None:
+        """Delete the note; return how long the stream was held (s), if it was."""
+        held = (datetime.now(UTC) - self.since).total_seconds() if self.since else None
+        self.since = None
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            _log.warning("hold_note_not_deleted", path=str(self.path), error=describe(exc))
+        return held
+
+
+def held_lines(settings: Settings) -> list[str]:
+    """One line per worker whose note says its index stream is held."""
+    lines = []
+    for path in sorted(settings.run_dir.glob(_HELD_NOTES)):
+        try:
+            note = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # deleted meanwhile: that worker flows again
+            continue
+        lines.append(
+            f"index held on {note['node_id']} since {note['since']}, waiting for {note['waiting_for']}"
+            f" (last retry {note['last_retry']}): {note['reason']}"
+        )
+    return lines
 
 
 async def status(settings: Settings) -> list[str]:
@@ -51,15 +118,24 @@ async def status(settings: Settings) -> list[str]:
     if missing:
         lines.append(f"topics missing (run `pacsflow topics`): {', '.join(missing)}")
     lines.append(f"dead letters in {topics.STORAGE_DLQ}: {dlq}")
+    lines += held_lines(settings)
     if settings.database_url:
-        conn = await asyncpg.connect(settings.database_url)
+        lines.append(await _metadata_line(settings.database_url))
+    return lines
+
+
+async def _metadata_line(dsn: str) -> str:
+    # When the database is what holds the index, say so here rather than lose the lines above.
+    try:
+        conn = await asyncpg.connect(dsn)
         try:
             counts = await json_meta.pending_counts(conn)
         finally:
             await conn.close()
-        done, pending, failed = counts["done"], counts["pending"], counts["failed"]
-        lines.append(f"series metadata: {done} current, {pending} pending, {failed} failed")
-    return lines
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"series metadata: unknown, the database fails: {describe(exc)}"
+    done, pending, failed = counts["done"], counts["pending"], counts["failed"]
+    return f"series metadata: {done} current, {pending} pending, {failed} failed"
 
 
 async def _count(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +17,14 @@ import pytest
 
 from pipeline.stores.postgres import migrate
 from tests.support.dimse import c_echo
-from tests.support.services import Broker, Service, free_port, require, wait_for
+from tests.support.services import (
+    Broker,
+    PostgresServer,
+    RedisServer,
+    Service,
+    free_port,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="session")
@@ -88,27 +97,76 @@ def scp(start_scp: ScpFactory, broker: Broker) -> Scp:
     return start_scp(broker.bootstrap)
 
 
-SYSTEM_POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+class _SessionServers:
+    """The PostgreSQL and Redis the tests share, started on first use and stopped at the end of the
+    session. ``TEST_POSTGRES_URL`` (a DSN whose user may create databases) and ``TEST_REDIS_URL``
+    point the tests at servers of your own instead; by default they need nothing of the machine's."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+        self._postgres: PostgresServer | None = None
+        self._redis: RedisServer | None = None
+
+    def postgres_url(self) -> str:
+        if url := os.environ.get("TEST_POSTGRES_URL"):
+            return url
+        if self._postgres is None:
+            assert self.folder is not None, "the session's folder is set by the session fixture"
+            self._postgres = PostgresServer(self.folder / "postgres").start()
+        return self._postgres.dsn("postgres")
+
+    def redis_url(self) -> str:
+        if url := os.environ.get("TEST_REDIS_URL"):
+            return url
+        if self._redis is None:
+            assert self.folder is not None, "the session's folder is set by the session fixture"
+            self._redis = RedisServer(self.folder / "redis.log").start()
+        return self._redis.url
+
+    def stop(self) -> None:
+        for server in (self._redis, self._postgres):
+            if server is not None:
+                server.stop()
+
+
+SESSION_SERVERS = _SessionServers()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_servers() -> Iterator[_SessionServers]:
+    # Not under pytest's basetemp: another pytest session (a developer's second terminal) prunes
+    # old basetemps, and would delete a running server's data under it.
+    folder = Path(tempfile.mkdtemp(prefix="pacsflow-test-servers-"))
+    SESSION_SERVERS.folder = folder
+    try:
+        yield SESSION_SERVERS
+    finally:
+        SESSION_SERVERS.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis the tests share: keys under a prefix of the test's own."""
+    return SESSION_SERVERS.redis_url()
 
 
 @contextmanager
 def scratch_database() -> Iterator[str]:
-    """A database of its own on the machine's PostgreSQL, with no tables; dropped afterwards."""
+    """A database of its own on the tests' PostgreSQL, with no tables; dropped afterwards."""
+    admin_url = SESSION_SERVERS.postgres_url()
     name = f"pacsflow_test_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(SYSTEM_POSTGRES, timeout=5)
+        conn = await asyncpg.connect(admin_url, timeout=5)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        require(False, f"PostgreSQL at {SYSTEM_POSTGRES} ({exc}); .ci/run starts it")
-    try:
-        yield SYSTEM_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 

@@ -2,10 +2,11 @@
 
 OHIF is a single-page application: ``/viewer?StudyInstanceUIDs=...`` or a tenant's
 ``/tenants/<t>/`` is the same ``index.html``, whose script reads the address. A request is given
-that page when a browser navigates to it (it accepts HTML and the last path segment has no dot, the
-rule of connect-history-api-fallback); anything else that names no file is a 404, so a missing
-script fails as a 404 rather than as HTML parsed as JavaScript. DICOMweb paths never reach here
-with a page: an unknown DICOMweb route stays a JSON 404.
+that page when a browser navigates to it (its Accept names ``text/html``, which ``*/*`` does not,
+and the last path segment has no dot, the rule of connect-history-api-fallback); anything else
+that names no file is a 404: a missing script fails as a 404 rather than as HTML parsed as
+JavaScript, and a probe of a wrong path (``curl /ready``) fails rather than passing on the page.
+DICOMweb paths never reach here with a page: an unknown DICOMweb route stays a JSON 404.
 
 Names with webpack's content hash (``app.bundle.0f6159c501addfe9.js``) never change, so browsers
 keep them a year without asking; every other file is revalidated (ETag) on each load.
@@ -21,6 +22,7 @@ from aiohttp import hdrs, web
 
 from egress.viewer import config
 from egress.viewer.release import VERSION, installed_dir, is_installed
+from egress.wado import accept
 from egress.wado.conditional import held, not_modified
 from egress.wado.errors import NotFound
 from egress.wado.urls import is_dicomweb
@@ -41,9 +43,15 @@ def cache_control(name: str) -> str:
     return IMMUTABLE if _HASHED.search(name) else REVALIDATE
 
 
+def _page_like(path: str) -> bool:
+    return "." not in path.rsplit("/", 1)[-1]
+
+
 def wants_page(request: web.Request, path: str) -> bool:
-    accept = request.headers.get(hdrs.ACCEPT, "*/*")
-    return "." not in path.rsplit("/", 1)[-1] and ("text/html" in accept or "*/*" in accept)
+    # text/html named, not reached through */*: browsers name it when they navigate, while curl,
+    # scripts and health probes send */* (or nothing), and a probe aimed at a wrong path must fail.
+    named = any(r.media_type == "text/html" for r in accept.parse(request.headers.get(hdrs.ACCEPT)))
+    return named and _page_like(path)
 
 
 class _Generated:
@@ -89,7 +97,8 @@ class Site:
             return web.FileResponse(file, headers={hdrs.CACHE_CONTROL: cache_control(file.name)})
         if wants_page(request, path):
             return self.page.response(request)
-        raise NotFound(f"{request.path}: the viewer has no such file")
+        hint = "; its pages go to requests that accept text/html" if _page_like(path) else ""
+        raise NotFound(f"{request.path}: the viewer has no such file{hint}")
 
     def _file(self, path: str) -> Path | None:
         # A dot first refuses ".." as well as hidden files; a NUL cannot be in a file name.

@@ -125,7 +125,7 @@ def client_address(request: web.BaseRequest) -> str | None:
 def trace_id(request: web.Request) -> str:
     """The caller's ``X-Request-ID`` when it is a sane one, else a new one; echoed in the answer."""
     given = request.headers.get(TRACE_HEADER, "")
-    if 0 < len(given) <= 36 and given.replace("-", "").isalnum():
+    if 0 < len(given) <= 36 and given.isascii() and given.replace("-", "").isalnum():
         return given
     return str(uuid.uuid4())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -16,9 +17,8 @@ from egress.wado.errors import errors
 from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
 from egress.wado.routes import routes
 from egress.wado.urls import PREFIXES
-from pipeline import lifecycle, log
+from pipeline import lifecycle, listeners, log
 from pipeline.cache import Cache
-from pipeline.errors import PacsflowError
 from pipeline.regeneration import MetadataBuilder
 from pipeline.settings import Settings
 from pipeline.stores.files import StorageLayout
@@ -82,22 +82,30 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
     await publisher.stop()
 
 
+def _open_files_to_the_hard_limit() -> None:
+    """A study's retrieve holds all its files open from before its first byte (``retrieve``): a
+    3,000-image study needs 3,000 descriptors, and systemd's default soft limit is 1,024. Any
+    process may raise its soft limit to the hard one, as systemd asks programs that need it to."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return  # an unlimited hard limit is capped by the kernel's nr_open: leave it to the admin
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        _log.warning("open_files_limit_kept", soft=soft, hard=hard, error=str(exc))
+
+
 async def serve(settings: Settings) -> None:
+    _open_files_to_the_hard_limit()
     stop = lifecycle.stop_on_signals()
+    # Handed down by `pacsflow dev`, else bound here, before anything is opened: a port another
+    # server holds (no SO_REUSEPORT: no one shares it) ends the start at once.
+    listener = listeners.listen(settings.env, listeners.http(settings))
     runner = web.AppRunner(
         create_app(settings), access_log=logging.getLogger("pacsflow.access"), access_log_class=AccessLogger
     )
     await runner.setup()
-    # reuse_port: several web processes can share the port when one core is not enough.
-    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise PacsflowError(
-            f"cannot listen on {settings.http_host}:{settings.http_port} ({exc.strerror}): stop what "
-            "holds the port or set PACSFLOW_HTTP_PORT"
-        ) from exc
+    await web.SockSite(runner, listener).start()
     _log.info("web_listening", host=settings.http_host, port=settings.http_port)
     lifecycle.notify_ready()
     try:

@@ -35,6 +35,10 @@ class NotAcceptable(PacsflowError):
     """No representation the request accepts can be made (406), with the reason."""
 
 
+class StorageUnavailable(PacsflowError):
+    """The storage root cannot be read just now (503), with what failed."""
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -45,6 +49,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return problem(404, str(exc))
     except NotAcceptable as exc:
         return problem(406, str(exc))
+    except StorageUnavailable as exc:
+        return problem(503, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

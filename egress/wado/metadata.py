@@ -18,6 +18,7 @@ from aiohttp import hdrs, web
 from egress.wado.conditional import held, not_modified
 from egress.wado.errors import NotFound
 from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
+from egress.wado.storage import unreadable
 from egress.wado.urls import root_for, tenant_of, uid
 from pipeline.stores import json_meta
 from pipeline.stores.files import StorageLayout
@@ -116,25 +117,25 @@ async def _file(request: web.Request, path: Path) -> web.StreamResponse | None:
     """
     gzipped = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
     target = path.with_name(path.name + ".gz") if gzipped else path
+    root = request.app[SETTINGS].storage_root
     try:
         stat = target.stat()
-    except FileNotFoundError:
-        return None
-    etag = f"{stat.st_mtime_ns:x}-{stat.st_size:x}{'-gz' if gzipped else ''}"
-    if held(request, etag):
-        response = not_modified(etag)
-    else:
-        try:
+        etag = f"{stat.st_mtime_ns:x}-{stat.st_size:x}{'-gz' if gzipped else ''}"
+        if held(request, etag):
+            response = not_modified(etag)
+        else:
             body = (
                 target.read_bytes()
                 if stat.st_size <= READ_INLINE
                 else await asyncio.to_thread(target.read_bytes)
             )
-        except FileNotFoundError:
-            return None
-        response = web.Response(body=body, content_type=DICOM_JSON)
-        if gzipped:
-            response.headers[hdrs.CONTENT_ENCODING] = "gzip"
+            response = web.Response(body=body, content_type=DICOM_JSON)
+            if gzipped:
+                response.headers[hdrs.CONTENT_ENCODING] = "gzip"
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # not the database's: the storage's
+        raise unreadable(root, f"metadata file {target.relative_to(root)}", exc) from exc
     response.etag = etag
     response.headers[hdrs.VARY] = "Accept-Encoding"
     return response

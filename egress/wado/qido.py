@@ -20,6 +20,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from egress.wado.errors import BadRequest, NotAcceptable
 from egress.wado.keys import CACHE, POOL, SETTINGS
+from egress.wado.numbers import whole
 from egress.wado.urls import root_for, tenant_of, uid
 from pipeline.metadata import BULK_URI_KEY
 from pipeline.stores import search
@@ -122,10 +123,9 @@ def _whole(query: MultiMapping[str], name: str, default: int, lowest: int) -> in
         return default
     if len(raw) > 1:
         raise BadRequest(f"{name} is given {len(raw)} times")
-    try:
-        value = int(raw[0])
-    except ValueError:
-        raise BadRequest(f"{name}={raw[0]!r} is not a whole number") from None
+    value = whole(raw[0])
+    if value is None:
+        raise BadRequest(f"{name}={raw[0]!r} is not a whole number")
     if value < lowest:
         raise BadRequest(f"{name}={value}: it must be at least {lowest}")
     return value

@@ -33,6 +33,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from egress.wado.errors import BadRequest, NotFound
+from egress.wado.numbers import whole
 from pipeline.errors import PacsflowError
 
 MEDIA_TYPES = ("image/jpeg", "image/png")
@@ -133,10 +134,9 @@ def _quality(value: str) -> int:
 
 
 def _bounded_int(text: str, what: str, low: int, high: int) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise BadRequest(f"{what} must be a whole number from {low} to {high}; got {text!r}") from None
+    number = whole(text)
+    if number is None:
+        raise BadRequest(f"{what} must be a whole number from {low} to {high}; got {text!r}")
     if not low <= number <= high:
         raise BadRequest(f"{what} must be from {low} to {high}; got {number}")
     return number

@@ -4,14 +4,19 @@ Instances go out as the files were stored (their datasets byte for byte) unless 
 another transfer syntax, streamed part by part so that a study never sits in memory. Frames are
 read through the frame index the index agent stored (one seek per frame); instances indexed
 without one are parsed. Anything that decodes pixels runs in a thread.
+
+Files are read through ``storage.StoredFiles``, which says what an ``OSError`` means (a file gone:
+404; the storage unreadable: 503). A streamed answer opens all its files before its status line; a
+part that still fails after it breaks the connection (``Multipart.send``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 from pydicom import dcmread
@@ -22,15 +27,19 @@ from egress.wado import accept, rendering, transcode
 from egress.wado.accept import ANY_SYNTAX, IMAGE_MEDIA_TYPES, NATIVE, MediaRange, syntax_name
 from egress.wado.errors import BadRequest, NotAcceptable, NotFound
 from egress.wado.keys import POOL, SETTINGS
+from egress.wado.numbers import whole
+from egress.wado.storage import StoredFiles
 from egress.wado.urls import tenant_of, uid
-from pipeline import frames
+from pipeline import frames, log
 from pipeline.stores import instances
-from pipeline.stores.files import StorageLayout
 from pipeline.stores.instances import StoredInstance
 
 CHUNK = 1 << 20
 DICOM = "application/dicom"
 OCTETS = "application/octet-stream"
+
+_log = log.get(__name__)
+Body = bytes | AsyncIterator[bytes]
 
 
 class Multipart:
@@ -42,12 +51,35 @@ class Multipart:
             headers={"Content-Type": f'multipart/related; type="{media_type}"; boundary={self.boundary}'}
         )
 
-    async def start(self, request: web.Request) -> bool:
-        """Send the headers; False for HEAD, which gets no parts."""
-        await self.response.prepare(request)
-        return request.method != "HEAD"
+    async def send(self, request: web.Request, parts: Iterable[tuple[str, Body]]) -> web.StreamResponse:
+        """The headers, then each (content type, body) part; HEAD gets no parts.
 
-    async def part(self, content_type: str, body: bytes | AsyncIterator[bytes]) -> None:
+        Whatever can fail with a status must have failed before this is called. A part that fails
+        once the status line is out closes the connection without the closing boundary or the
+        last chunk: the client sees a broken transfer, never a short body it would take as whole.
+        """
+        await self.response.prepare(request)
+        if request.method == "HEAD":
+            return self.response
+        sent = 0
+        try:
+            for content_type, body in parts:
+                await self._part(content_type, body)
+                sent += 1
+        except ConnectionResetError:
+            raise  # the client left: there is no one to tell
+        except Exception as exc:
+            _log.warning(
+                "answer_aborted", path=request.path, parts_sent=sent, error=f"{type(exc).__name__}: {exc}"
+            )
+            if request.transport is not None:
+                request.transport.close()
+            return self.response
+        await self.response.write(f"--{self.boundary}--\r\n".encode())
+        await self.response.write_eof()
+        return self.response
+
+    async def _part(self, content_type: str, body: Body) -> None:
         await self.response.write(f"--{self.boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
         if isinstance(body, bytes):
             await self.response.write(body)
@@ -56,20 +88,10 @@ class Multipart:
                 await self.response.write(chunk)
         await self.response.write(b"\r\n")
 
-    async def finish(self) -> web.StreamResponse:
-        await self.response.write(f"--{self.boundary}--\r\n".encode())
-        await self.response.write_eof()
-        return self.response
 
-
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as file:
-        while chunk := await asyncio.to_thread(file.read, CHUNK):
-            yield chunk
-
-
-def _layout(request: web.Request) -> StorageLayout:
-    return StorageLayout(request.app[SETTINGS].storage_root)
+def _stored_files(request: web.Request) -> StoredFiles:
+    settings = request.app[SETTINGS]
+    return StoredFiles(settings.storage_root, tenant_of(request, settings))
 
 
 async def _instances(request: web.Request) -> list[StoredInstance]:
@@ -114,27 +136,38 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
                 "ask for transfer-syntax=* to get it as stored"
             )
         plan.append((instance, syntax))
-    out = Multipart(DICOM)
-    if not await out.start(request):
-        return out.response
-    layout = _layout(request)
-    for instance, syntax in plan:
-        path = layout.root / instance.file_path
-        content_type = f"{DICOM}; transfer-syntax={syntax}"
-        if syntax == instance.transfer_syntax_uid:
-            await out.part(content_type, _chunks(path))
-        else:
-            await out.part(content_type, await asyncio.to_thread(transcode.transcode, path, syntax))
-    return await out.finish()
+    stored = _stored_files(request)
+    opened = await asyncio.to_thread(stored.open_all, found)
+    try:
+        parts = (
+            (f"{DICOM}; transfer-syntax={syntax}", _part_body(stored, instance, file, syntax))
+            for (instance, syntax), file in zip(plan, opened, strict=True)
+        )
+        return await Multipart(DICOM).send(request, parts)
+    finally:
+        for file in opened:
+            file.close()
+
+
+async def _part_body(
+    stored: StoredFiles, instance: StoredInstance, file: BinaryIO, syntax: str
+) -> AsyncIterator[bytes]:
+    """The instance's file as stored, in chunks; or transcoded to ``syntax``, in one piece."""
+    with stored.reading(instance):
+        if syntax != instance.transfer_syntax_uid:
+            yield await asyncio.to_thread(transcode.transcode, file, syntax)
+            return
+        while chunk := await asyncio.to_thread(file.read, CHUNK):
+            yield chunk
 
 
 def _frame_numbers(text: str) -> list[int]:
     numbers = []
     for piece in text.split(","):  # aiohttp has decoded %2C already
         piece = piece.strip()
-        if not piece.isdigit():
+        number = whole(piece)
+        if number is None or piece[0] in "+-":
             raise BadRequest(f"frame list {text!r}: {piece!r} is not a frame number (1, 2, ...)")
-        number = int(piece)
         if number < 1:
             raise BadRequest(f"frame list {text!r}: frames are numbered from 1")
         numbers.append(number)
@@ -188,17 +221,14 @@ async def frame_list(request: web.Request) -> web.StreamResponse:
             "asks for what cannot be made from them (transfer-syntax=* gets them as stored)"
         )
     syntax, media_type = chosen
-    path = _layout(request).root / instance.file_path
     try:
-        data = await _read_frames(path, instance, numbers, syntax)
+        with _stored_files(request).reading(instance) as path:
+            data = await _read_frames(path, instance, numbers, syntax)
     except frames.FrameNotFound as exc:
         raise NotFound(str(exc)) from None
-    out = Multipart(media_type)
-    if not await out.start(request):
-        return out.response
-    for frame in data:
-        await out.part(f"{media_type}; transfer-syntax={syntax}", frame)
-    return await out.finish()
+    return await Multipart(media_type).send(
+        request, ((f"{media_type}; transfer-syntax={syntax}", frame) for frame in data)
+    )
 
 
 def _bulk_value(path: Path, segments: list[str]) -> bytes | None:
@@ -218,7 +248,9 @@ def _bulk_value(path: Path, segments: list[str]) -> bytes | None:
 async def bulkdata(request: web.Request) -> web.StreamResponse:
     segments = [s for s in request.match_info["path"].split("/") if s]
     valid = len(segments) % 2 == 1 and all(
-        len(s) == 8 and all(c in "0123456789abcdefABCDEF" for c in s) if i % 2 == 0 else s.isdigit()
+        len(s) == 8 and all(c in "0123456789abcdefABCDEF" for c in s)
+        if i % 2 == 0
+        else s.isascii() and s.isdigit()
         for i, s in enumerate(segments)
     )
     if not valid:
@@ -227,26 +259,22 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
             "item index and tag (00880200/0/7FE00010)"
         )
     (instance,) = await _instances(request)
-    path = _layout(request).root / instance.file_path
-    if segments == ["7FE00010"] and instance.number_of_frames:
-        # Pixel data: its frames (compressed ones cannot be cut from one value).
-        numbers = list(range(1, instance.number_of_frames + 1))
-        parts = await _read_frames(path, instance, numbers, instance.transfer_syntax_uid)
-        native = instance.transfer_syntax_uid in NATIVE
-        if native:
-            parts = [b"".join(parts)]
-        syntax = ExplicitVRLittleEndian if native else instance.transfer_syntax_uid
-    else:
-        value = await asyncio.to_thread(_bulk_value, path, segments)
-        if value is None:
-            raise NotFound(f"instance {instance.sop_uid} has no binary value at {'/'.join(segments)}")
-        parts, syntax = [value], ""
-    out = Multipart(OCTETS)
-    if not await out.start(request):
-        return out.response
-    for part in parts:
-        await out.part(f"{OCTETS}; transfer-syntax={syntax}" if syntax else OCTETS, part)
-    return await out.finish()
+    with _stored_files(request).reading(instance) as path:
+        if segments == ["7FE00010"] and instance.number_of_frames:
+            # Pixel data: its frames (compressed ones cannot be cut from one value).
+            numbers = list(range(1, instance.number_of_frames + 1))
+            parts = await _read_frames(path, instance, numbers, instance.transfer_syntax_uid)
+            native = instance.transfer_syntax_uid in NATIVE
+            if native:
+                parts = [b"".join(parts)]
+            syntax = ExplicitVRLittleEndian if native else instance.transfer_syntax_uid
+        else:
+            value = await asyncio.to_thread(_bulk_value, path, segments)
+            if value is None:
+                raise NotFound(f"instance {instance.sop_uid} has no binary value at {'/'.join(segments)}")
+            parts, syntax = [value], ""
+    content_type = f"{OCTETS}; transfer-syntax={syntax}" if syntax else OCTETS
+    return await Multipart(OCTETS).send(request, ((content_type, part) for part in parts))
 
 
 async def _render(
@@ -265,9 +293,9 @@ async def _render(
         raise NotFound(
             f"instance {instance.sop_uid} has {instance.number_of_frames} frame(s); no frame {frame}"
         )
-    path = _layout(request).root / instance.file_path
     try:
-        body = await asyncio.to_thread(rendering.render, path, frame, options, media_type)
+        with _stored_files(request).reading(instance) as path:
+            body = await asyncio.to_thread(rendering.render, path, frame, options, media_type)
     except rendering.RenderError as exc:
         raise NotAcceptable(str(exc)) from None
     return web.Response(body=body, content_type=media_type)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.pixels.decoders.base import get_decoder
@@ -53,10 +54,10 @@ def can_transcode(stored: str, target: str) -> bool:
     return False
 
 
-def transcode(path: Path, target: str) -> bytes:
-    """The Part 10 file at ``path`` re-encoded in ``target`` (its pixel data decoded, and encoded
-    again for a compressed target)."""
-    ds = dcmread(path)
+def transcode(source: Path | BinaryIO, target: str) -> bytes:
+    """The Part 10 file ``source`` (a path or a file open at its start) re-encoded in ``target``
+    (its pixel data decoded, and encoded again for a compressed target)."""
+    ds = dcmread(source)
     # The same instance in another encoding keeps its SOP Instance UID: pydicom would make a new
     # one by default.
     if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -18,7 +19,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
 from ingress.scp.handlers import handle_accepted, handle_closed, handle_store
-from pipeline import lifecycle, log
+from pipeline import lifecycle, listeners, log
 from pipeline.errors import PacsflowError
 from pipeline.ingest import InstanceReceiver
 from pipeline.outbox import Outbox, OutboxPublisher
@@ -28,16 +29,30 @@ from pipeline.stores.files import StorageLayout
 _log = log.get(__name__)
 
 
-class SharedPortServer(ThreadedAssociationServer):
-    """Several SCP processes accept on one port (``SO_REUSEPORT``); the kernel spreads connections."""
+class ListenerServer(ThreadedAssociationServer):
+    """Accepts on a socket bound by ``pipeline.listeners``, maybe shared with this install's other
+    SCP processes (each accepts the connections it is first to take)."""
 
-    request_queue_size = 128  # a burst of modalities connecting at once is not refused
+    def __init__(self, *args: Any, listener: socket.socket, **kwargs: Any) -> None:
+        self._listener = listener
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        # pynetdicom's server_bind replaces socketserver's, which would honour allow_reuse_port.
+        # Not pynetdicom's server_bind: it would bind the socket socketserver made, and give the
+        # listener a timeout, which must stay non-blocking when shared (listeners.bind).
         assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        self.socket.close()
+        self.socket = self._listener
+        self.server_address = self._listener.getsockname()
+
+    def server_activate(self) -> None:
+        """The listener already listens."""
+
+    def server_close(self) -> None:
+        # Only this process's descriptor: pynetdicom's shutdown(SHUT_RDWR) would stop the socket
+        # listening for every process that shares it (the other SCP processes, `pacsflow dev`).
+        assert self.socket is not None
+        self.socket.close()
 
     def shutdown(self) -> None:
         # Made with make_server, not start_server: the AE does not list it, so skip pynetdicom's
@@ -66,6 +81,9 @@ def build_ae(settings: Settings) -> AE:
 
 async def serve(settings: Settings) -> None:
     stop = lifecycle.stop_on_signals()
+    # Handed down by `pacsflow dev` or `pacsflow scp` with several processes, else bound here,
+    # before anything is opened: a port another server holds ends the start at once.
+    listener = listeners.listen(settings.env, listeners.dicom(settings))
     settings.storage_root.mkdir(parents=True, exist_ok=True)
     outbox = Outbox.open_slot(settings.outbox_dir, "scp")
     publisher = OutboxPublisher(settings, outbox)
@@ -81,14 +99,9 @@ async def serve(settings: Settings) -> None:
         (evt.EVT_ABORTED, handle_closed),
     ]
     address = (settings.scp_host, settings.scp_port)
-    try:
-        server = build_ae(settings).make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
-    except OSError as exc:
-        outbox.close()
-        raise PacsflowError(
-            f"cannot listen on {settings.scp_host}:{settings.scp_port} ({exc.strerror}): stop what "
-            "holds the port or set PACSFLOW_SCP_PORT"
-        ) from exc
+    server = build_ae(settings).make_server(
+        address, evt_handlers=handlers, server_class=ListenerServer, listener=listener
+    )
     threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
     publishing = asyncio.create_task(publisher.run(), name="outbox-publisher")
     publishing.add_done_callback(lambda _: stop.set())  # it only ends on a bug: exit, be restarted

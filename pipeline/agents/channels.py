@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import faust
 
 
-def study_keyed(
-    app: faust.App, name: str, value_type: type[Any], partitions: int | None = None
-) -> faust.TopicT:
-    """A topic with raw study-UID keys; values are raw bytes or flat JSON records (what Doris and
-    operators read, with no Faust metadata)."""
+def study_keyed(app: faust.App, name: str, partitions: int | None = None) -> faust.TopicT:
+    """A topic with raw study-UID keys and raw values: records are sent as ``record.dumps()`` and
+    read with ``Record.loads`` (flat JSON, what Doris and operators read, with no Faust metadata)."""
     return app.topic(
         name,
         key_type=bytes,
-        value_type=value_type,
+        value_type=bytes,
         key_serializer="raw",
-        value_serializer="raw" if value_type is bytes else "json",
+        value_serializer="raw",
         partitions=partitions,
     )

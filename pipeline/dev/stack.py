@@ -9,7 +9,7 @@ import socket
 import sys
 from collections.abc import Mapping
 
-from pipeline import lifecycle, log, topics
+from pipeline import lifecycle, listeners, log, topics
 from pipeline.dev import broker, postgres
 from pipeline.dev.supervisor import ChildSpec, Supervisor
 from pipeline.reconcile import reconcile
@@ -30,8 +30,9 @@ def _service(name: str, env: Mapping[str, str]) -> ChildSpec:
     return ChildSpec(name, [sys.executable, "-m", "pipeline", name], env)
 
 
-def plan(settings: Settings) -> tuple[list[ChildSpec], Settings]:
-    """The children to start, and the settings they will see (embedded broker and database filled in)."""
+def plan(settings: Settings, dicom: socket.socket, http: socket.socket) -> tuple[list[ChildSpec], Settings]:
+    """The children to start, the SCP and web serving on the ``dicom`` and ``http`` listeners, and
+    the settings they will see (embedded broker and database filled in)."""
     env = {k: v for k, v in settings.env.items() if k != ENV_FILE}
     env["PACSFLOW_DATA_DIR"] = str(settings.data_dir)
     env["PACSFLOW_STORAGE_ROOT"] = str(settings.storage_root)
@@ -77,9 +78,9 @@ def plan(settings: Settings) -> tuple[list[ChildSpec], Settings]:
     created_topics = lambda: topics.ensure_topics(effective)  # noqa: E731
     specs = [dataclasses.replace(s, after_ready=created_topics) if s.name == "broker" else s for s in specs]
     specs += [
-        dataclasses.replace(_service("scp", env), before_start=lambda: _migrate(effective)),
+        dataclasses.replace(_service("scp", env), listener=dicom, before_start=lambda: _migrate(effective)),
         dataclasses.replace(_service("worker", env), after_ready=lambda: _reconcile_soon(effective)),
-        _service("web", env),
+        dataclasses.replace(_service("web", env), listener=http),
     ]
     return specs, effective
 
@@ -130,12 +131,15 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
 
 async def run(settings: Settings) -> None:
     stop = lifecycle.stop_on_signals()
-    specs, effective = plan(settings)
-    supervisor = Supervisor(specs)
+    # Both ports first, held here for the whole run (restarted children get them again): a second
+    # install started on them is refused before anything starts, and none takes them over while a
+    # child restarts.
+    with listeners.bind(listeners.dicom(settings)) as dicom, listeners.bind(listeners.http(settings)) as http:
+        specs, effective = plan(settings, dicom, http)
 
-    def ready() -> None:
-        print(banner(effective, not settings.kafka_bootstrap, not settings.database_url), flush=True)
-        _log.info("dev_ready", children=[s.name for s in specs])
+        def ready() -> None:
+            print(banner(effective, not settings.kafka_bootstrap, not settings.database_url), flush=True)
+            _log.info("dev_ready", children=[s.name for s in specs])
 
-    await supervisor.run(stop, ready)
+        await Supervisor(specs).run(stop, ready)
     _log.info("dev_stopped")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipeline import lifecycle, log
+from pipeline import lifecycle, listeners, log
 from pipeline.errors import ChildFailed
 from pipeline.lifecycle import NOTIFY_SOCKET
 
@@ -37,6 +37,8 @@ class ChildSpec:
     before_start: Callable[[], Awaitable[object]] | None = None
     after_ready: Callable[[], Awaitable[object]] | None = None
     user: str | None = None
+    listener: socket.socket | None = None
+    """A listening socket the child serves on, handed down (``pipeline.listeners``)."""
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 15.0
     start_timeout_s: float = 90.0
@@ -99,7 +101,7 @@ class Supervisor:
 
     async def _spawn(self, child: _Child) -> None:
         spec = child.spec
-        env = {**spec.env, NOTIFY_SOCKET: child.notify_address}
+        env = {**listeners.child_env(spec.env, spec.listener), NOTIFY_SOCKET: child.notify_address}
         child.ready.clear()
         child.process = await asyncio.create_subprocess_exec(
             *spec.argv,
@@ -109,6 +111,7 @@ class Supervisor:
             group=spec.user,
             extra_groups=[] if spec.user else None,
             process_group=0,
+            pass_fds=() if spec.listener is None else (spec.listener.fileno(),),
             preexec_fn=_die_with_parent(spec.stop_signal),
         )
         child.started_at = time.monotonic()
@@ -208,13 +211,16 @@ class Supervisor:
         _log.info("child_stopped", child=child.spec.name, status=process.returncode)
 
 
-async def run_replicas(command: str, count: int, env: Mapping[str, str], count_variable: str) -> None:
+async def run_replicas(
+    command: str, count: int, env: Mapping[str, str], count_variable: str, listener: socket.socket
+) -> None:
     """Run ``count`` copies of ``pacsflow <command>`` (each told to be one, by ``count_variable``),
-    ready when all are, restarting any that dies: how one service uses more than one core."""
+    all accepting on ``listener``, ready when all are, restarting any that dies: how one service
+    uses more than one core."""
     stop = lifecycle.stop_on_signals()
     child_env = {**env, count_variable: "1"}
     specs = [
-        ChildSpec(f"{command}-{n}", [sys.executable, "-m", "pipeline", command], child_env)
+        ChildSpec(f"{command}-{n}", [sys.executable, "-m", "pipeline", command], child_env, listener=listener)
         for n in range(count)
     ]
     await Supervisor(specs).run(stop, lifecycle.notify_ready)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import faust
-
+from pipeline.models.record import Record
 from pipeline.models.storage import StorageEvent
 
 
-class StorageDeadLetter(faust.Record, serializer="json", include_metadata=False):
+class StorageDeadLetter(Record):
     event: StorageEvent | None
     """None when the message was not a StorageEvent at all; ``raw`` then holds it."""
     raw: str | None

@@ -7,10 +7,10 @@ with no Faust metadata, so Doris reads them as they are.
 
 from __future__ import annotations
 
-import faust
+from pipeline.models.record import Record
 
 
-class DicomObjectMeta(faust.Record, serializer="json", include_metadata=False):
+class DicomObjectMeta(Record):
     """One received object (Doris ``dicom_object_meta``), on ``log_queue``."""
 
     trace_id: str
@@ -35,7 +35,7 @@ class DicomObjectMeta(faust.Record, serializer="json", include_metadata=False):
     source_ae: str
 
 
-class DicomStateMeta(faust.Record, serializer="json", include_metadata=False):
+class DicomStateMeta(Record):
     """One series with its patient and study (Doris ``dicom_state_meta``), on ``dicom_state_queue``.
 
     ``updated_time`` is not here: the Routine Load job sets it (``updated_time = NOW()``).
@@ -72,7 +72,7 @@ class DicomStateMeta(faust.Record, serializer="json", include_metadata=False):
     created_time: str
 
 
-class DicomImageMeta(faust.Record, serializer="json", include_metadata=False):
+class DicomImageMeta(Record):
     """One instance's image attributes (Doris ``dicom_image_meta``), on ``dicom_image_queue``.
 
     As in the seed, ``width`` holds Rows and ``columns`` Columns; ``study_date_origin`` is a DATE
@@ -118,7 +118,7 @@ class DicomImageMeta(faust.Record, serializer="json", include_metadata=False):
     created_time: str
 
 
-class WadoAccessLog(faust.Record, serializer="json", include_metadata=False):
+class WadoAccessLog(Record):
     """One DICOMweb request answered by ``pacsflow web`` (Doris ``wado_access_log``), on
     ``wado_access_log``."""
 

@@ -6,10 +6,10 @@ Field names follow the wire contract, not PEP 8: the seed design's MessageBody (
 
 from __future__ import annotations
 
-import faust
+from pipeline.models.record import Record
 
 
-class StorageEvent(faust.Record, serializer="json", include_metadata=False):
+class StorageEvent(Record):
     """One instance safely on disk: what the index agent needs to find and trust the file."""
 
     TransferSyntax: str

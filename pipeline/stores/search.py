@@ -138,11 +138,20 @@ class _Where:
         return f"${len(self.params)}"
 
     def add(self, column: str, sql: str) -> None:
-        (self.instance if column.startswith("i.") else self.state).append(sql)
+        """``sql`` goes with the table of ``column`` (``s.x`` or ``i.x``): only ``s.`` conditions
+        make an instance search join the series rows."""
+        table, dot, name = column.partition(".")
+        if not (dot and name and table in ("s", "i")):  # a bug here, not a bad query: no 400
+            raise TypeError(f"{column!r} is not a column of the index (s.<name> or i.<name>)")
+        (self.instance if table == "i" else self.state).append(sql)
+
+
+_WHOLE = re.compile(r"[+-]?[0-9]{1,12}")  # IS: at most 12 characters
 
 
 def _split(value: str) -> list[str]:
-    return [v.strip() for v in re.split(r"[\\,]", value) if v.strip()]
+    # Spaces around the items of a list are layout; any other character is part of an item.
+    return [v.strip(" ") for v in re.split(r"[\\,]", value) if v.strip(" ")]
 
 
 def _like(value: str) -> str:
@@ -241,10 +250,10 @@ def _condition(where: _Where, attribute: Attribute, column: str, value: str, fuz
             if high is not None:
                 where.add(column, f"{column} <= {where.param(high)}")
     elif match is Match.NUMBER:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not {match.value}") from None
+        # Not int() alone: it takes non-ASCII digits, "1_000" and a trailing newline as well.
+        if not _WHOLE.fullmatch(value.strip(" ")):
+            raise ValueError(f"{value!r} is not {match.value}")
+        number = int(value)
         if not -(2**31) <= number < 2**31:
             raise ValueError(f"{value} is out of range")
         where.add(column, f"{column} = {where.param(number)}")
@@ -257,9 +266,9 @@ def _where(search: Search) -> _Where:
     # An instance search is scoped by the instance rows' own UIDs: no join for them.
     alias = "i" if search.level is Level.INSTANCE else "s"
     if search.study is not None:
-        where.add(alias, f"{alias}.study_uid = {where.param(search.study)}")
+        where.add(f"{alias}.study_uid", f"{alias}.study_uid = {where.param(search.study)}")
     if search.series is not None:
-        where.add(alias, f"{alias}.series_uid = {where.param(search.series)}")
+        where.add(f"{alias}.series_uid", f"{alias}.series_uid = {where.param(search.series)}")
     for condition in search.conditions:
         attribute = condition.attribute
         if attribute.level > search.level:
@@ -286,12 +295,11 @@ def _where(search: Search) -> _Where:
 _STUDY_ORDER = "study_date DESC NULLS LAST, study_time DESC NULLS LAST, study_uid"
 
 
-async def _studies(conn: asyncpg.Connection, search: Search, where: _Where) -> list[Hit]:
+def _studies(search: Search, where: _Where) -> str:
     state = " AND ".join(["s.tenant_id = $1", *where.state])
     having = f"HAVING {' AND '.join(where.having)}" if where.having else ""
     limit, offset = where.param(search.limit + 1), where.param(search.offset)
-    rows = await conn.fetch(
-        f"""
+    return f"""
         WITH hits AS (
             SELECT s.study_uid FROM dicom_state_meta s WHERE {state} GROUP BY s.study_uid {having}
         ), page AS (
@@ -311,24 +319,10 @@ async def _studies(conn: asyncpg.Connection, search: Search, where: _Where) -> l
             ORDER BY i.series_uid, i.sop_uid LIMIT 1
         ) AS fragment
         FROM page ORDER BY {_STUDY_ORDER}
-        """,
-        *where.params,
-    )
-    return [
-        Hit(
-            r["study_uid"],
-            None,
-            None,
-            r["fragment"],
-            r["series_count"],
-            r["instance_count"],
-            tuple(r["modalities"] or ()),
-        )
-        for r in rows
-    ]
+        """
 
 
-async def _series(conn: asyncpg.Connection, search: Search, where: _Where) -> list[Hit]:
+def _series(search: Search, where: _Where) -> str:
     conditions = ["s.tenant_id = $1", *where.state]
     if where.having:  # ModalitiesInStudy: the series of studies holding one of them
         conditions.append(
@@ -336,8 +330,7 @@ async def _series(conn: asyncpg.Connection, search: Search, where: _Where) -> li
             f"GROUP BY s.study_uid HAVING {' AND '.join(where.having)})"
         )
     limit, offset = where.param(search.limit + 1), where.param(search.offset)
-    rows = await conn.fetch(
-        f"""
+    return f"""
         SELECT s.study_uid, s.series_uid, s.series_related_instances AS instance_count, (
             SELECT i.json_fragment FROM dicom_instance_meta i
             WHERE i.tenant_id = s.tenant_id AND i.study_uid = s.study_uid AND i.series_uid = s.series_uid
@@ -347,15 +340,10 @@ async def _series(conn: asyncpg.Connection, search: Search, where: _Where) -> li
         WHERE {" AND ".join(conditions)}
         ORDER BY s.study_date DESC NULLS LAST, s.study_uid, s.series_number NULLS LAST, s.series_uid
         LIMIT {limit} OFFSET {offset}
-        """,
-        *where.params,
-    )
-    return [
-        Hit(r["study_uid"], r["series_uid"], None, r["fragment"], None, r["instance_count"]) for r in rows
-    ]
+        """
 
 
-async def _instances(conn: asyncpg.Connection, search: Search, where: _Where) -> list[Hit]:
+def _instances(search: Search, where: _Where) -> str:
     conditions = ["i.tenant_id = $1", *where.instance]
     join = ""
     if where.state or where.having:
@@ -370,22 +358,38 @@ async def _instances(conn: asyncpg.Connection, search: Search, where: _Where) ->
             f"GROUP BY s.study_uid HAVING {' AND '.join(where.having)})"
         )
     limit, offset = where.param(search.limit + 1), where.param(search.offset)
-    rows = await conn.fetch(
-        f"""
+    return f"""
         SELECT i.study_uid, i.series_uid, i.sop_uid, i.json_fragment AS fragment
         FROM dicom_instance_meta i {join}
         WHERE {" AND ".join(conditions)}
         ORDER BY i.study_uid, i.series_uid, i.instance_number NULLS LAST, i.sop_uid
         LIMIT {limit} OFFSET {offset}
-        """,
-        *where.params,
+        """
+
+
+def statement(query: Search) -> tuple[str, list[object]]:
+    """The SQL of one page of ``query`` (one row more than the limit: whether more follow) and its
+    parameters. Pure: raises ``InvalidQuery`` before anything reaches the database."""
+    where = _where(query)
+    build = {Level.STUDY: _studies, Level.SERIES: _series, Level.INSTANCE: _instances}[query.level]
+    return build(query, where), where.params
+
+
+def _hit(row: asyncpg.Record) -> Hit:
+    # Each level's statement selects the columns of its own hits; the others are absent.
+    return Hit(
+        row["study_uid"],
+        row.get("series_uid"),
+        row.get("sop_uid"),
+        row["fragment"],
+        row.get("series_count"),
+        row.get("instance_count"),
+        tuple(row.get("modalities") or ()),
     )
-    return [Hit(r["study_uid"], r["series_uid"], r["sop_uid"], r["fragment"]) for r in rows]
 
 
 async def search(conn: asyncpg.Connection, query: Search) -> tuple[list[Hit], bool]:
     """The hits of one page, and whether more follow it."""
-    where = _where(query)
-    run = {Level.STUDY: _studies, Level.SERIES: _series, Level.INSTANCE: _instances}[query.level]
-    hits = await run(conn, query, where)
+    sql, params = statement(query)
+    hits = [_hit(row) for row in await conn.fetch(sql, *params)]
     return hits[: query.limit], len(hits) > query.limit

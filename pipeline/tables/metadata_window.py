@@ -69,13 +69,14 @@ class _WindowTable(faust.Table[str, int]):
 def metadata_window(
     app: faust.App,
     settings: Settings,
-    on_close: Callable[[str, str, str, int], Awaitable[None] | None],
+    on_close: Callable[[str, str, str, int, float], Awaitable[None] | None],
 ) -> WindowWrapperT:
-    """Declare the table on ``app``; ``on_close(tenant, study, series, writes)`` at each close."""
+    """Declare the table on ``app``; ``on_close(tenant, study, series, writes, window_start)`` at
+    each close (``window_start``: seconds since the epoch, a multiple of the window's length)."""
 
     def closed(key: tuple[str, tuple[float, float]], writes: Any) -> Awaitable[None] | None:
         tenant, study, series = parse_series_key(key[0])
-        return on_close(tenant, study, series, int(writes or 0))
+        return on_close(tenant, study, series, int(writes or 0), float(key[1][0]))
 
     table = app.tables.add(
         _WindowTable(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,50 +17,21 @@ from tests.conftest import Scp, WorkerFactory, query
 from tests.support import dicomdata
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
-from tests.support.services import Broker, free_port, wait_for
+from tests.support.services import Broker, PostgresServer, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.dcmtk, pytest.mark.slow]
 
 
-class OwnPostgres:
-    """A PostgreSQL of this test's own (pgserver's binaries), so that it can be stopped."""
-
-    def __init__(self, folder: Path) -> None:
-        self.pgdata = folder / "pgdata"
-        self.port = free_port()
-        self.user = postgres.system_user()
-        postgres.initialise(self.pgdata, self.user)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            postgres.argv(self.pgdata, self.port),
-            user=self.user,
-            group=self.user,
-            extra_groups=[] if self.user else None,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: asyncio.run(postgres.answers(self.port)), 30, "PostgreSQL to start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGINT)
-            self.process.wait(30)
-            self.process = None
-
-
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path)
-    server.start()
+def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path).start()
     asyncio.run(migrate(postgres.dsn(server.port)))
     yield server
     server.stop()
 
 
 def test_database_away_for_ten_seconds_loses_nothing(
-    scp: Scp, broker: Broker, own_postgres: OwnPostgres, start_worker: WorkerFactory, tmp_path: Path
+    scp: Scp, broker: Broker, own_postgres: PostgresServer, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     require_dcmtk()
     dsn = postgres.dsn(own_postgres.port)

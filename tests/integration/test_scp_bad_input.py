@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, build_context
 
@@ -68,6 +70,47 @@ def test_invalid_and_path_traversal_uids_are_refused(
     assert "not a valid UID" in status.ErrorComment
     assert_nothing_written(scp)
     assert not Path("/tmp/pacsflow-escape").exists()
+    assert_still_serving(scp)
+
+
+def with_raw_uid(ds: Dataset, attribute: str, raw: bytes, path: Path) -> Path:
+    """``ds`` written with ``raw`` as the bytes of a UID: pydicom strips whitespace from any UID it
+    is given, so a placeholder of the same length is written and then overwritten."""
+    placeholder = b"9" * len(raw)
+    setattr(ds, attribute, placeholder.decode())
+    data = dicomdata.encode(ds)
+    start = dicomdata.dataset_offset(data)  # the file meta may announce the placeholder too
+    meta, dataset = data[:start], data[start:]
+    element = b"UI" + struct.pack("<H", len(raw) + len(raw) % 2) + placeholder
+    assert dataset.count(element) == 1, "the placeholder is not one element's value"
+    path.write_bytes(meta + dataset.replace(element, element[: -len(raw)] + raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("attribute", "raw"),
+    [
+        # Only a trailing NUL or space is padding: any other character is part of the value.
+        ("StudyInstanceUID", b"1.2.3\n"),
+        ("StudyInstanceUID", b"1.2.3\r\n"),
+        ("StudyInstanceUID", b"1.2.3\t"),
+        ("StudyInstanceUID", b"\n1.2.3"),
+        ("StudyInstanceUID", b"1.2.3\n\x00"),
+        ("SeriesInstanceUID", b"1.2.3\x0b"),
+        ("SeriesInstanceUID", b"1.2\x003"),
+        ("SeriesInstanceUID", b"1.2.3\x7f"),
+        ("SeriesInstanceUID", "1.2.\u0661".encode()),  # a digit to str.isdigit(), not to DICOM
+        ("SOPInstanceUID", b"1.2.3\n"),
+    ],
+)
+def test_uids_with_control_characters_are_refused(
+    scp: Scp, tmp_path: Path, attribute: str, raw: bytes
+) -> None:
+    path = with_raw_uid(fresh(), attribute, raw, tmp_path / "control.dcm")
+    status = store_one(scp.port, path, ExplicitVRLittleEndian)
+    assert status.Status == 0xC002, status
+    assert f"{attribute} is not a valid UID" in status.ErrorComment
+    assert_nothing_written(scp)
     assert_still_serving(scp)
 
 

@@ -36,10 +36,10 @@ from tests.integration.test_wado_metadata import get
 from tests.support import dicomdata
 from tests.support.dicomdata import dataset_bytes, uid
 from tests.support.dimse import require_dcmtk, store_one, storescu
-from tests.support.services import Broker, Service, free_port, port_open, read_topic, require, wait_for
+from tests.support.services import Broker, Service, read_topic, wait_for
+from tests.support.stack import indexed, running
 
 OCTETS = "application/octet-stream"
-REDIS_URL = "redis://127.0.0.1:6379/0"  # the machine's (`.ci/run` starts it); keys under the test's prefix
 pytestmark = [pytest.mark.broker, pytest.mark.dcmtk]
 
 
@@ -118,92 +118,50 @@ def _multiframe(stack: Stack, directory: Path, syntax: str, frames: int, positio
 
 
 @pytest.fixture(scope="module")
-def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(broker: Broker, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_dcmtk()
-    require(port_open(6379), "Redis at 127.0.0.1:6379 (.ci/run starts it)")
     tmp = tmp_path_factory.mktemp("wado-read")
     with scratch_database() as dsn:
-        yield from _running(broker, tmp, dsn)
-
-
-def _running(broker: Broker, tmp: Path, dsn: str) -> Iterator[Stack]:
-    asyncio.run(migrate(dsn))
-    # A viewer of our own making: these tests need its routes, not OHIF from the npm registry.
-    viewer = tmp / "viewer"
-    viewer.mkdir()
-    (viewer / "index.html").write_text("<!doctype html><title>viewer</title>")
-    common = {
-        "PACSFLOW_STORAGE_ROOT": str(tmp / "storage"),
-        "PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "PACSFLOW_DATABASE_URL": dsn,
-        "PACSFLOW_REDIS_URL": REDIS_URL,
-        "PACSFLOW_REDIS_PREFIX": f"test-{dsn.rsplit('/', 1)[1]}:",
-        "PACSFLOW_QIDO_MAX_LIMIT": "20",
-    }
-    scp_port, http_port = free_port(), free_port()
-    services = [
-        Service(
-            "scp",
-            {**common, "PACSFLOW_DATA_DIR": str(tmp / "scp"), "PACSFLOW_SCP_PORT": str(scp_port),
-             "PACSFLOW_SCP_HOST": "127.0.0.1", "PACSFLOW_SCP_TENANTS": "ALPHA=alpha"},
-            tmp / "scp.log",
-        ),
-        Service(
-            "worker",
-            {**common, "PACSFLOW_DATA_DIR": str(tmp / "worker"), "PACSFLOW_KAFKA_SESSION_TIMEOUT_S": "3",
-             "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S": "0.5", "PACSFLOW_METADATA_WINDOW_S": "1"},
-            tmp / "worker.log",
-        ),
-        Service("web", {**common, "PACSFLOW_DATA_DIR": str(tmp / "web"), "PACSFLOW_HTTP_PORT": str(http_port),
-                        "PACSFLOW_NODE_ID": "web-test", "PACSFLOW_VIEWER": str(viewer)}, tmp / "web.log"),
-    ]  # fmt: skip
-    for service in services:
-        service.start()
-    try:
-        for service, ready in zip(
-            services, ("scp_listening", "partitions_assigned", "web_listening"), strict=True
-        ):
-            wait_for(
-                lambda s=service, r=ready: s.events(r) or not s.alive(), 60, f"{service.command} to be ready"
-            )  # type: ignore[misc]
-            assert service.alive(), service.log_path.read_text()[-3000:]
-        stack = Stack(
-            f"http://127.0.0.1:{http_port}",
+        asyncio.run(migrate(dsn))
+        # A viewer of our own making: these tests need its routes, not OHIF from the npm registry.
+        viewer = tmp / "viewer"
+        viewer.mkdir()
+        (viewer / "index.html").write_text("<!doctype html><title>viewer</title>")
+        with running(
+            broker.bootstrap,
+            redis_url,
+            tmp,
             dsn,
-            tmp / "storage",
-            services[2],
-            uuid.uuid4().int % 10**12,
-            scp_port,
-        )
-        send = tmp / "send"
-        files = _study(stack, send, 1, patient="Doe^John", pid="P1", date="20240105", accession="ACC1",
-                       description="CT Chest", referring="Welby^Marcus", series=[("CT", 6), ("MR", 3)])  # fmt: skip  # noqa: E501
-        files += _study(stack, send, 2, patient="Doe^Jane", pid="P2", date="20240310", accession="ACC2",
-                        description="MR Brain", referring="House^Gregory", series=[("MR", 4)])  # fmt: skip
-        files += _study(stack, send, 3, patient="Smith^Anna", pid="P3", date="20231231", accession="XY_1%",
-                        description="CT Abdomen", referring="Welby^Marcus", series=[("CT", 2)])  # fmt: skip
-        for n in range(10, 35):  # enough studies to page through
-            files += _study(stack, send, n, patient=f"Page^P{n:02d}", pid=f"PG{n}", date=f"202201{n - 9:02d}",
-                            accession=f"PG{n}", description="paging", referring="", series=[("CT", 1)])  # fmt: skip  # noqa: E501
-        files += [_multiframe(stack, send, ExplicitVRLittleEndian, 30, 1)]
-        result = storescu(scp_port, files)
-        assert result.returncode == 0, result.stderr
-        for position, syntax in ((2, JPEGLSLossless), (3, RLELossless)):
-            path = _multiframe(stack, send, syntax, 10, position)
-            assert store_one(scp_port, path, syntax).Status == 0  # pynetdicom: it sends the file as it is
-        alpha = _study(stack, send, 50, patient="Alpha^Only", pid="PA", date="20240105", accession="ACC1",
-                       description="CT Chest", referring="Welby^Marcus", series=[("CT", 2)])  # fmt: skip
-        assert storescu(scp_port, alpha, called="ALPHA").returncode == 0
-        total = len(stack.sent)
-        wait_for(
-            lambda: query(dsn, "SELECT count(*)::int AS n FROM dicom_instance_meta")[0]["n"] == total,
-            60,
-            f"{total} instances indexed",
-        )
-        yield stack
-    finally:
-        for service in reversed(services):
-            service.stop()
+            common={"PACSFLOW_QIDO_MAX_LIMIT": "20"},
+            scp={"PACSFLOW_SCP_TENANTS": "ALPHA=alpha"},
+            web={"PACSFLOW_NODE_ID": "web-test", "PACSFLOW_VIEWER": str(viewer)},
+        ) as services:
+            run = uuid.uuid4().int % 10**12
+            stack = Stack(services.base, dsn, tmp / "storage", services.web, run, services.scp_port)
+            _send(stack, tmp / "send")
+            yield stack
+
+
+def _send(stack: Stack, send: Path) -> None:
+    files = _study(stack, send, 1, patient="Doe^John", pid="P1", date="20240105", accession="ACC1",
+                   description="CT Chest", referring="Welby^Marcus", series=[("CT", 6), ("MR", 3)])  # fmt: skip  # noqa: E501
+    files += _study(stack, send, 2, patient="Doe^Jane", pid="P2", date="20240310", accession="ACC2",
+                    description="MR Brain", referring="House^Gregory", series=[("MR", 4)])  # fmt: skip
+    files += _study(stack, send, 3, patient="Smith^Anna", pid="P3", date="20231231", accession="XY_1%",
+                    description="CT Abdomen", referring="Welby^Marcus", series=[("CT", 2)])  # fmt: skip
+    for n in range(10, 35):  # enough studies to page through
+        files += _study(stack, send, n, patient=f"Page^P{n:02d}", pid=f"PG{n}", date=f"202201{n - 9:02d}",
+                        accession=f"PG{n}", description="paging", referring="", series=[("CT", 1)])  # fmt: skip  # noqa: E501
+    files += [_multiframe(stack, send, ExplicitVRLittleEndian, 30, 1)]
+    result = storescu(stack.scp_port, files)
+    assert result.returncode == 0, result.stderr
+    for position, syntax in ((2, JPEGLSLossless), (3, RLELossless)):
+        path = _multiframe(stack, send, syntax, 10, position)
+        assert store_one(stack.scp_port, path, syntax).Status == 0  # pynetdicom: it sends the file as it is
+    alpha = _study(stack, send, 50, patient="Alpha^Only", pid="PA", date="20240105", accession="ACC1",
+                   description="CT Chest", referring="Welby^Marcus", series=[("CT", 2)])  # fmt: skip
+    assert storescu(stack.scp_port, alpha, called="ALPHA").returncode == 0
+    indexed(stack.dsn, len(stack.sent))
 
 
 def values(answer: list[dict[str, Any]], tag: str) -> list[Any]:
@@ -335,12 +293,12 @@ def test_bad_queries_are_400_naming_the_problem(stack: Stack, params: dict[str, 
     assert reason in answer["error"]
 
 
-def test_answers_are_gzipped_and_cached_until_the_index_changes(stack: Stack) -> None:
+def test_answers_are_gzipped_and_cached_until_the_index_changes(stack: Stack, redis_url: str) -> None:
     status, headers, _ = get(stack.url("/studies?PatientID=P2"), **{"Accept-Encoding": "gzip"})
     assert status == 200 and headers["content-encoding"] == "gzip"
     first = stack.qido("/studies", PatientID="P2")[2]
     assert stack.qido("/studies", PatientID="P2")[2] == first
-    cache = redis.Redis.from_url(REDIS_URL)
+    cache = redis.Redis.from_url(redis_url)
     try:
         prefix = f"test-{stack.dsn.rsplit('/', 1)[1]}:default:qido:"
         assert cache.keys(f"{prefix}*"), "the answer was not cached"
@@ -363,7 +321,7 @@ def test_answers_are_gzipped_and_cached_until_the_index_changes(stack: Stack) ->
     )
     stack.sent[stack.uid(2, 1, 5)] = path
     assert stack.qido("/studies", PatientID="P2")[2][0]["00201208"]["Value"] == [5]
-    cache = redis.Redis.from_url(REDIS_URL)
+    cache = redis.Redis.from_url(redis_url)
     try:
         assert int(cache.get(f"test-{stack.dsn.rsplit('/', 1)[1]}:default:generation") or 0) > generation
     finally:

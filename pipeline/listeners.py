@@ -1,0 +1,110 @@
+"""The listening sockets of pacsflow's servers: bound once per install, handed down to its processes.
+
+A port is bound without ``SO_REUSEPORT``, so the kernel itself refuses it to anyone else
+(``EADDRINUSE``): a second install started on the ports of a running one fails at once instead of
+silently taking part of the connections. pacsflow's own processes share a port by inheriting the
+one socket: `pacsflow dev` binds the DICOM and HTTP ports before it starts anything and hands each
+to the children that serve it; `pacsflow scp` with several processes hands its socket to each.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pipeline.errors import PacsflowError
+from pipeline.settings import Settings
+
+INHERITED_FD = "LISTENER_FD"
+"""The environment variable naming the descriptor of a listening socket handed down by the parent
+(not ``PACSFLOW_*``: those are settings, and settings reject names they do not know)."""
+
+BACKLOG = 128  # a burst of modalities or browsers connecting at once is not refused
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a server listens, and the settings that choose it (named in errors)."""
+
+    host: str
+    port: int
+    host_setting: str
+    port_setting: str
+
+
+def dicom(settings: Settings) -> Endpoint:
+    return Endpoint(settings.scp_host, settings.scp_port, "PACSFLOW_SCP_HOST", "PACSFLOW_SCP_PORT")
+
+
+def http(settings: Settings) -> Endpoint:
+    return Endpoint(settings.http_host, settings.http_port, "PACSFLOW_HTTP_HOST", "PACSFLOW_HTTP_PORT")
+
+
+def bind(endpoint: Endpoint) -> socket.socket:
+    """A new listening socket, non-blocking; refused if any other socket listens on the port."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            endpoint.host or None, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise PacsflowError(
+            f"cannot listen on {endpoint.host}:{endpoint.port} ({exc.strerror}): "
+            f"check {endpoint.host_setting}"
+        ) from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        # Lets a restart bind while old connections are in TIME_WAIT; on Linux it never lets a
+        # second socket listen on the port (SO_REUSEPORT would, and is not set).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PacsflowError(
+                f"port {endpoint.port} is already in use by another server: stop that server, or "
+                f"choose another port with {endpoint.port_setting}"
+            ) from exc
+        raise PacsflowError(
+            f"cannot listen on {endpoint.host}:{endpoint.port} ({exc.strerror}): check "
+            f"{endpoint.host_setting} and {endpoint.port_setting}"
+        ) from exc
+    # Non-blocking: when several processes accept on it, the ones that lose a connection to another
+    # go back to waiting instead of blocking in accept (and in their stop).
+    sock.setblocking(False)
+    return sock
+
+
+def listen(env: Mapping[str, str], endpoint: Endpoint) -> socket.socket:
+    """The socket the parent handed down for ``endpoint`` (see ``child_env``), else a new one."""
+    value = env.get(INHERITED_FD)
+    if not value:
+        return bind(endpoint)
+    try:
+        sock = socket.socket(fileno=int(value))
+    except (ValueError, OSError) as exc:
+        raise PacsflowError(
+            f"{INHERITED_FD}={value!r} is not an open socket: unset it "
+            "(pacsflow sets it for its own processes)"
+        ) from exc
+    listening = sock.type == socket.SOCK_STREAM and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if not listening or sock.getsockname()[1] != endpoint.port:
+        sock.detach()  # not ours to close
+        raise PacsflowError(
+            f"{INHERITED_FD}={value} is not a socket listening on port {endpoint.port}: unset it "
+            "(pacsflow sets it for its own processes)"
+        )
+    sock.set_inheritable(False)  # only handed on on purpose (child_env), never leaked to helpers
+    sock.setblocking(False)
+    return sock
+
+
+def child_env(env: Mapping[str, str], listener: socket.socket | None) -> dict[str, str]:
+    """The environment of a child started with ``pass_fds=(listener.fileno(),)``; without a
+    listener, one it must not believe it inherited."""
+    child = {k: v for k, v in env.items() if k != INHERITED_FD}
+    if listener is not None:
+        child[INHERITED_FD] = str(listener.fileno())
+    return child
