@@ -130,6 +130,7 @@ class WadoAccessLog(Record):
     sop_uid: str | None
     status: int
     bytes: int
+    """Bytes sent for the answer: status line, headers and body (nginx's ``$bytes_sent``)."""
     duration_ms: float
     client_address: str | None
     trace_id: str

@@ -18,19 +18,9 @@ from tests.support import dicomdata
 from tests.support.dev import Dev, start_dev
 from tests.support.dicomdata import dataset_bytes, uid
 from tests.support.dimse import c_echo, echoscu, require_dcmtk, storescu
-from tests.support.services import free_port, read_topic, wait_for
+from tests.support.services import free_port, process_alive, read_topic, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.dcmtk]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for our purpose.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ")[-1][:1] != "Z"
 
 
 @pytest.fixture
@@ -93,7 +83,7 @@ def test_dev_brings_everything_up_stores_heals_and_stops_in_reverse(dev: Dev, tm
     assert dev.process.wait(60) == 0
     stopping = [e["child"] for e in dev.events("child_stopping")]
     assert stopping == ["web", "worker", "scp", "postgres", "broker"]
-    assert not [name for name, pid in pids.items() if alive(pid)]
+    assert not [name for name, pid in pids.items() if process_alive(pid)]
 
 
 def test_data_is_kept_across_restarts_and_no_child_outlives_a_killed_supervisor(tmp_path: Path) -> None:
@@ -115,7 +105,7 @@ def test_data_is_kept_across_restarts_and_no_child_outlives_a_killed_supervisor(
         second.process.kill()  # no chance to stop its children: they must not outlive it
         second.process.wait()
         wait_for(
-            lambda: not [n for n, pid in pids.items() if alive(pid)],
+            lambda: not [n for n, pid in pids.items() if process_alive(pid)],
             # The worker's own stop is bounded by STOP_GRACE_S (15 s); PostgreSQL waits for it.
             40,
             f"children {pids} to exit after their supervisor was killed",
@@ -125,7 +115,7 @@ def test_data_is_kept_across_restarts_and_no_child_outlives_a_killed_supervisor(
             os.killpg(second.process.pid, signal.SIGKILL)
         # A failed check leaves no orphan behind to slow the tests after it.
         for pid in pids.values():
-            if alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

@@ -12,7 +12,7 @@ from tests.conftest import ScpFactory
 from tests.support import dicomdata
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
-from tests.support.services import Broker, wait_for
+from tests.support.services import Broker, process_alive, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.dcmtk]
 
@@ -87,8 +87,12 @@ def test_events_spooled_before_a_restart_are_published_after_it(
     broker.stop()
     datasets, files = _twenty_instances(tmp_path)
     assert storescu(scp.port, files).returncode == 0
+    replicas = [int(e["pid"]) for e in scp.service.events("child_started")]
     scp.service.process.kill()  # no chance to flush: the outbox on disk is all there is
     scp.service.process.wait()
+    # Its SCP processes end with it (a parent-death signal), as systemd would end them before a
+    # restart: until then they hold the port, which a new start would find taken.
+    wait_for(lambda: not any(process_alive(pid) for pid in replicas), 30, "the replicas to end")
     broker.start()
     scp.service.start()
     wait_for(

@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS wado_access_log
     series_uid          varchar(64)   null,
     sop_uid             varchar(64)   null,
     status              int           null     comment 'HTTP status',
-    bytes               bigint        null     comment 'Response body bytes sent',
+    bytes               bigint        null     comment 'Bytes sent for the answer: status line, headers, body',
     duration_ms         double        null     comment 'Time to answer, milliseconds',
     client_address      varchar(64)   null     comment 'Client address, from X-Forwarded-For behind nginx',
     trace_id            varchar(36)   not null comment 'Globally unique trace ID',
