@@ -17,6 +17,7 @@ const report = {
   timings: {},
   frames: {},
   failedRequests: [],
+  cancelledByPage: [],
   consoleErrors: [],
   canvas: null,
   steps: [],
@@ -52,7 +53,12 @@ try {
   page.on('request', () => inFlight++);
   page.on('requestfailed', (request) => {
     inFlight--;
-    report.failedRequests.push({ url: request.url(), error: request.failure()?.errorText ?? 'failed' });
+    const error = request.failure()?.errorText ?? 'failed';
+    // net::ERR_ABORTED is the page cancelling its own fetch (OHIF drops a pending thumbnail when
+    // a study opens). A server that breaks an answer off shows as another error
+    // (ERR_INCOMPLETE_CHUNKED_ENCODING, ERR_CONTENT_LENGTH_MISMATCH, ERR_EMPTY_RESPONSE, ...).
+    const into = error === 'net::ERR_ABORTED' ? report.cancelledByPage : report.failedRequests;
+    into.push({ url: request.url(), error });
   });
   page.on('requestfinished', async (request) => {
     inFlight--;
