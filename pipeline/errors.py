@@ -42,6 +42,11 @@ class StorageError(PacsflowError):
     """Writing to the storage root failed; nothing partial was left behind."""
 
 
+class StorageUnavailable(PacsflowError):
+    """The storage root cannot be read now (not mounted, an I/O error, no permission): the reader
+    waits for it rather than judging the files it could not read."""
+
+
 class StorageFull(StorageError):
     """The storage root (or the outbox) has no space left."""
 

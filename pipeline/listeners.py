@@ -64,8 +64,9 @@ def bind(endpoint: Endpoint) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PacsflowError(
-                f"port {endpoint.port} is already in use by another server: stop that server, or "
-                f"choose another port with {endpoint.port_setting}"
+                f"port {endpoint.port} is already in use by another server: stop that server (or wait "
+                f"for a pacsflow of a previous run to finish stopping), or choose another port with "
+                f"{endpoint.port_setting}"
             ) from exc
         raise PacsflowError(
             f"cannot listen on {endpoint.host}:{endpoint.port} ({exc.strerror}): check "

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from pipeline import log
-from pipeline.errors import PacsflowError
+from pipeline.errors import PacsflowError, StorageUnavailable
 from pipeline.stores.postgres import TRANSIENT_ERRORS
 
 _log = log.get(__name__)
@@ -33,10 +33,6 @@ class NotFound(PacsflowError):
 
 class NotAcceptable(PacsflowError):
     """No representation the request accepts can be made (406), with the reason."""
-
-
-class StorageUnavailable(PacsflowError):
-    """The storage root cannot be read just now (503), with what failed."""
 
 
 @web.middleware

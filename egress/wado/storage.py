@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from egress.wado.errors import NotFound, StorageUnavailable
+from egress.wado.errors import NotFound
 from pipeline import log
-from pipeline.errors import PacsflowError
+from pipeline.errors import PacsflowError, StorageUnavailable
 from pipeline.stores.instances import StoredInstance
 
 _log = log.get(__name__)
@@ -82,6 +82,13 @@ class StoredFiles:
 def unreadable(root: Path, what: str, exc: OSError) -> StorageUnavailable:
     """The 503 for ``exc``, raised reading ``what`` under ``root``; logged."""
     reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        # Not the storage's fault: each retrieve holds its files open until it is sent.
+        _log.warning("out_of_file_descriptors", what=what, error=reason)
+        return StorageUnavailable(
+            f"pacsflow web has no file descriptors left ({reason}) reading {what}: too many answers "
+            "in flight; try again shortly, or raise its open-file limit (ulimit -n)"
+        )
     if not root.is_dir():
         reason = f"the storage root {root} is not there ({reason}): is its volume mounted here?"
     _log.warning("storage_unreadable", what=what, error=reason, errno=exc.errno)

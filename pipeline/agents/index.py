@@ -26,7 +26,7 @@ from pipeline import frames, log, metadata, topics
 from pipeline.agents.channels import study_keyed
 from pipeline.agents.database import Database, is_data_error
 from pipeline.cache import Cache
-from pipeline.errors import PacsflowError
+from pipeline.errors import PacsflowError, StorageUnavailable
 from pipeline.indexing import IndexedInstance, UnindexableInstance, index_instance, state_record
 from pipeline.models import (
     StorageDeadLetter,
@@ -107,7 +107,7 @@ class Indexer:
                 parsed.append((StorageEvent.loads(raw), raw))
             except (ValueError, TypeError, KeyError) as exc:
                 dead.append(Dead(None, raw, f"not a StorageEvent: {exc}"))
-        indexed, unreadable = await asyncio.to_thread(self._read_all, parsed)
+        indexed, unreadable = await self._retry("storage", lambda: asyncio.to_thread(self._read_all, parsed))
         dead += unreadable
         counts, rejected = await self._retry("database", lambda: self._write(indexed))
         dead += rejected
@@ -124,6 +124,8 @@ class Indexer:
         for event, raw in parsed:
             try:
                 indexed.append(_Indexed(event, self._read(event, now)))
+            except StorageUnavailable:
+                raise  # the storage, not this file: the whole batch waits for it
             except Exception as exc:  # anything wrong with one file dead-letters that event only
                 reason = str(exc) if isinstance(exc, PacsflowError) else f"{type(exc).__name__}: {exc}"
                 dead.append(Dead(event, raw, reason))
@@ -142,10 +144,21 @@ class Indexer:
         if str(location.relative) != event.FilePath:
             raise UnindexableInstance(f"FilePath {event.FilePath!r} is not where the event's UIDs say")
         path = self._layout.instance_path(location)
-        if not path.is_file():
-            raise UnindexableInstance(f"file missing: {path}")
-        threshold = self._settings.bulkdata_threshold
-        dataset = dcmread(path, defer_size=metadata.deferred_size(threshold))
+        try:
+            if not path.is_file():
+                if not self._layout.root.is_dir():
+                    raise StorageUnavailable(
+                        f"the storage root {self._layout.root} is not there (not mounted?)"
+                    )
+                raise UnindexableInstance(f"file missing: {path}")
+            threshold = self._settings.bulkdata_threshold
+            dataset = dcmread(path, defer_size=metadata.deferred_size(threshold))
+        except OSError as exc:
+            # The kernel's errors carry an errno (EIO, EACCES, ESTALE, EMFILE): the storage's state.
+            # pydicom's own OSErrors about a file's content carry none: that file is bad.
+            if exc.errno is not None:
+                raise StorageUnavailable(f"the storage is not readable: {exc}") from exc
+            raise
         indexed = index_instance(
             event, dataset, now, bulkdata_threshold=threshold, frame_index=frames.frame_index(dataset)
         )

@@ -206,14 +206,20 @@ def _fuzzy_regex(value: str) -> str:
     return "^" + r"[^^=]*\^".join(component(p) for p in parts)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _condition(where: _Where, attribute: Attribute, column: str, value: str, fuzzy: bool) -> None:
     match = attribute.match
     if match is Match.UID:
-        uids = _split(value)
-        for uid in uids:
-            Uid(uid, attribute.keyword)  # raises with the reason
+        # As Uid has them: its checks refuse any control character, and padding is stripped.
+        uids = [str(Uid(uid, attribute.keyword)) for uid in _split(value)]
         where.add(column, f"{column} = ANY({where.param(uids)}::text[])")
-    elif match is Match.MODALITIES:
+        return
+    # No stored value holds one, and PostgreSQL refuses a NUL in text outright.
+    if control := _CONTROL.search(value):
+        raise ValueError(f"{control.group()!r} is a control character, which no value holds")
+    if match is Match.MODALITIES:
         codes = _split(value)
         if any(_has_wildcard(c) for c in codes):
             raise ValueError("wildcards are not supported here, list the modalities")

@@ -128,3 +128,34 @@ def test_a_read_only_database_holds_the_stream_until_it_takes_writes_again(
     assert [r["n"] for r in counts] == [12]
     assert dead_letters(broker, datasets) == {}
     assert worker.alive()
+
+
+def test_a_storage_root_that_is_not_there_holds_the_stream_until_it_is(
+    scp: Scp, broker: Broker, database: str, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """An unmounted volume is not a folder of missing files: nothing is dead-lettered meanwhile."""
+    require_dcmtk()
+    run = uuid.uuid4().int % 10**12
+    datasets = dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 6)
+    mount = tmp_path / "mnt" / "storage"
+    worker = start_worker(broker.bootstrap, database, mount)
+    send(scp, datasets, tmp_path / "send")
+
+    wait_for(
+        lambda: (
+            len([e for e in worker.events("index_retrying") if e.get("waiting_for") == "storage"]) >= 2
+            or bool(worker.events("event_dead_lettered"))
+        ),
+        60,
+        "the worker to hold on the storage",
+    )
+    assert dead_letters(broker, datasets) == {}
+    holds = [e for e in worker.events("index_retrying") if e.get("waiting_for") == "storage"]
+    assert "not there" in str(holds[-1]["error"]), holds[-1]
+    assert rows(database) == 0
+
+    mount.parent.mkdir()
+    mount.symlink_to(scp.storage_root)  # the volume comes back
+    wait_for(lambda: rows(database) == 6, 60, "every instance to be indexed once the storage is there")
+    assert dead_letters(broker, datasets) == {}
+    assert worker.alive()

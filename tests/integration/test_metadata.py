@@ -97,7 +97,10 @@ def test_bursts_regenerate_the_series_at_most_once_per_window_and_a_replaced_ins
     assert sum(int(e["writes"]) for e in closed) >= 3  # at least one index write per burst
     regenerated = events_for(worker, "metadata_regenerated", study)
     assert all(e["series"] == [series] for e in regenerated)
-    assert 3 <= len(regenerated) == regenerations(database, study, series) <= len(closed)
+    # The overdue sweep may take up a series whose regeneration was slow (a loaded machine): each
+    # study it took is one regeneration more that no window asked for.
+    swept = sum(int(e["studies"]) for e in worker.events("metadata_overdue"))
+    assert 3 <= len(regenerated) == regenerations(database, study, series) <= len(closed) + swept
     instances = read_metadata(series_file(scp, study, series))
     assert [sop_of(i) for i in instances] == [ds.SOPInstanceUID for ds in datasets]
     assert read_metadata(study_file(scp, study)) == instances

@@ -23,8 +23,8 @@ def test_a_port_is_bound_once() -> None:
         with pytest.raises(PacsflowError) as refused:
             listeners.bind(endpoint(port))
     assert str(refused.value) == (
-        f"port {port} is already in use by another server: stop that server, "
-        "or choose another port with PACSFLOW_SCP_PORT"
+        f"port {port} is already in use by another server: stop that server (or wait for a "
+        "pacsflow of a previous run to finish stopping), or choose another port with PACSFLOW_SCP_PORT"
     )
 
 

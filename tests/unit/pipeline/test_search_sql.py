@@ -124,6 +124,8 @@ def test_series_level_in_a_study() -> None:
         ("StudyDate", "20240201-", "s.study_date >= $2", [date(2024, 2, 1)]),
         ("StudyDate", "-20231231", "s.study_date <= $2", [date(2023, 12, 31)]),
         ("StudyTime", "100000-110000", "s.study_time >= $2 AND s.study_time <= $3", [time(10), time(11)]),
+        # NUL padding is the UID's, as a stored UID has it (PostgreSQL refuses NUL in text).
+        ("StudyInstanceUID", "1.2.3\x00", "s.study_uid = ANY($2::text[])", [["1.2.3"]]),
         (
             "StudyInstanceUID",
             "1.2.3\\1.2.4, 1.2.5",
@@ -176,6 +178,10 @@ def test_universal_matching_adds_no_condition(value: str) -> None:
         (Level.STUDY, {"StudyInstanceUID": "1.2.3\n"}, "not a valid UID"),
         (Level.INSTANCE, {"SOPInstanceUID": "1.2.3,1.2.4\r"}, "not a valid UID"),
         (Level.INSTANCE, {"SOPClassUID": "\t1.2.3"}, "not a valid UID"),
+        # Nor does any other value hold one; a NUL would reach PostgreSQL, which refuses it.
+        (Level.STUDY, {"PatientID": "P1\x00"}, "control character"),
+        (Level.STUDY, {"AccessionNumber": "A\n"}, "control character"),
+        (Level.STUDY, {"PatientName": "Doe\x7f"}, "control character"),
     ],
 )
 def test_what_cannot_be_searched_is_refused_with_the_reason(
