@@ -6,7 +6,7 @@ from typing import Any
 
 import faust
 
-from pipeline.agents import index, metadata
+from pipeline.agents import conversion, index, metadata
 from pipeline.agents.database import Database
 from pipeline.cache import Cache
 from pipeline.settings import Settings
@@ -57,4 +57,5 @@ def create_app(settings: Settings) -> faust.App:
     app.add_dependency(_Opened(cache))
     index.register(app, settings, database, cache)
     metadata.register(app, settings, database, cache)
+    conversion.register(app, settings, database, cache)
     return app

@@ -38,6 +38,11 @@ class InstanceUidMismatch(RejectedInstance):
     """The dataset's SOP Instance UID is not the one the request announced."""
 
 
+class StudyMismatch(RejectedInstance):
+    """The dataset's Study Instance UID is not the study a request stores into (STOW-RS
+    ``/studies/{study}``)."""
+
+
 class StorageError(PacsflowError):
     """Writing to the storage root failed; nothing partial was left behind."""
 

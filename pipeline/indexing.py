@@ -19,6 +19,13 @@ from pipeline.errors import PacsflowError
 from pipeline.models import DicomImageMeta, DicomStateMeta, StorageEvent, TenantId, Uid
 from pipeline.models.formats import doris_date, doris_datetime, uid_hash
 
+CONVERSION_PENDING, CONVERSION_DONE, CONVERSION_FAILED = 0, 1, 2
+
+
+def needs_conversion(transfer_syntax: str, has_pixels: bool, viewer_syntaxes: tuple[str, ...]) -> bool:
+    """Whether the viewer needs a converted copy: pixel data in a syntax it does not decode."""
+    return has_pixels and transfer_syntax not in viewer_syntaxes
+
 
 class UnindexableInstance(PacsflowError):
     """An event that can never be indexed as it is (bad identifiers, file not what it says)."""
@@ -46,6 +53,8 @@ class InstanceRow:
     """The instance's DICOM JSON (``pipeline.metadata.fragment``): what series metadata is built from."""
     frame_index: bytes | None = None
     """Where each frame's bytes are in the file (``pipeline.frames``); None: read by parsing it."""
+    conversion_status: int | None = None
+    """``CONVERSION_PENDING`` when the viewer cannot decode the stored syntax; None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +185,12 @@ def index_instance(
     *,
     bulkdata_threshold: int = 1024,
     frame_index: bytes | None = None,
+    viewer_syntaxes: tuple[str, ...] | None = None,
 ) -> IndexedInstance:
     """Rows and the image record of one stored instance.
+
+    ``viewer_syntaxes``: what the viewer decodes; an instance with pixel data in another syntax is
+    marked pending conversion. None: no conversion is asked for.
 
     ``header`` is its dataset read with ``defer_size=metadata.deferred_size(bulkdata_threshold)``,
     so that bulk values (pixel data) are known by their size without being read.
@@ -216,6 +229,10 @@ def index_instance(
         trace_id=event.TraceID,
         json_fragment=json_fragment,
         frame_index=frame_index,
+        conversion_status=CONVERSION_PENDING
+        if viewer_syntaxes is not None
+        and needs_conversion(event.TransferSyntax, "PixelData" in header, viewer_syntaxes)
+        else None,
     )
     series_row = SeriesRow(
         tenant_id=tenant,
@@ -289,8 +306,68 @@ def index_instance(
     return IndexedInstance(instance, series_row, image, tuple(unconverted))
 
 
-def state_record(series: SeriesRow, instances: int, created: datetime) -> DicomStateMeta:
-    """The Doris record of a series, with its instance count as computed from the rows."""
+def deleted_image_record(
+    *,
+    tenant: str,
+    patient_id: str,
+    study: str,
+    series: str,
+    sop: str,
+    study_date_origin: str,
+    sop_class_uid: str,
+    transfer_syntax_uid: str,
+    file_path: str,
+    file_size: int,
+    when: datetime,
+) -> DicomImageMeta:
+    """The record that removes a deleted instance's row from Doris (its keys, ``deleted=1``)."""
+    return DicomImageMeta(
+        tenant_id=tenant,
+        patient_id=patient_id,
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        study_uid_hash=uid_hash(study),
+        series_uid_hash=uid_hash(series),
+        study_date_origin=doris_date(study_date_origin),
+        content_date=None,
+        content_time=None,
+        instance_number=None,
+        image_type=None,
+        image_orientation_patient=None,
+        image_position_patient=None,
+        slice_thickness=None,
+        spacing_between_slices=None,
+        slice_location=None,
+        samples_per_pixel=None,
+        photometric_interpretation=None,
+        width=None,
+        columns=None,
+        bits_allocated=None,
+        bits_stored=None,
+        high_bit=None,
+        pixel_representation=None,
+        rescale_intercept=None,
+        rescale_slope=None,
+        rescale_type=None,
+        window_center=None,
+        window_width=None,
+        transfer_syntax_uid=transfer_syntax_uid,
+        pixel_data_location=file_path,
+        thumbnail_location=None,
+        sop_class_uid=sop_class_uid,
+        image_status="deleted",
+        space_size=file_size,
+        created_time=doris_datetime(when),
+        deleted=1,
+    )
+
+
+def state_record(
+    series: SeriesRow, instances: int, created: datetime, *, deleted: bool = False
+) -> DicomStateMeta:
+    """The Doris record of a series, with its instance count as computed from the rows; with
+    ``deleted``, the record that removes the series' row from Doris."""
     return DicomStateMeta(
         tenant_id=series.tenant_id,
         patient_id=series.patient_id,
@@ -321,4 +398,5 @@ def state_record(series: SeriesRow, instances: int, created: datetime) -> DicomS
         protocol_name=series.protocol_name,
         series_related_instances=instances,
         created_time=doris_datetime(created),
+        deleted=int(deleted),
     )

@@ -1,28 +1,84 @@
 """Storing one received instance: check it, write it durably, spool its events.
 
-Shared by every way an instance arrives (C-STORE now, STOW-RS later). The order is the delivery
-guarantee: the file is durable before its events are spooled, and both before the caller reports
-success. Nothing is written for an instance that fails a check.
+Shared by every way an instance arrives: a C-STORE's dataset in memory (``receive``), a STOW-RS
+part already streamed to a temporary file on the storage root's filesystem (``receive_file``).
+Both go through one core with one set of checks. The order is the delivery guarantee: the file is
+durable before its events are spooled, and both before the caller reports success. Nothing is
+written for an instance that fails a check.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import IntEnum
+from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID
 
 from pipeline import log, topics
-from pipeline.dicomfile import Header, encode_file_meta, read_header
-from pipeline.errors import InstanceUidMismatch, MissingAttribute, SopClassMismatch
+from pipeline.dicomfile import Header, copy_dataset, encode_file_meta, read_header, read_part10
+from pipeline.errors import (
+    InstanceUidMismatch,
+    InvalidIdentifier,
+    MissingAttribute,
+    PacsflowError,
+    SopClassMismatch,
+    StorageFull,
+    StudyMismatch,
+    UnreadableDataset,
+)
 from pipeline.models import DicomObjectMeta, StorageEvent, TenantId, Uid
 from pipeline.models.formats import doris_date, doris_datetime, iso_utc, uid_hash
 from pipeline.outbox import Message, Outbox
-from pipeline.stores.files import InstanceLocation, StorageLayout, write_atomic
+from pipeline.stores.files import (
+    InstanceLocation,
+    StorageLayout,
+    place_atomic,
+    write_atomic,
+)
 
 _log = log.get(__name__)
+
+
+class StoreStatus(IntEnum):
+    """The status of a store (PS3.4 Annex B.2.3): a C-STORE's Status, a STOW-RS FailureReason."""
+
+    SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    # 0xC000-0xCFFF is "Cannot understand"; the low bits are ours, the ErrorComment says which.
+    CANNOT_UNDERSTAND = 0xC000
+    MISSING_ATTRIBUTE = 0xC001
+    INVALID_IDENTIFIER = 0xC002
+    INSTANCE_UID_MISMATCH = 0xC003
+    STUDY_MISMATCH = 0xC122  # STOW-RS to /studies/{study} of an instance of another study
+
+
+_FAILURES: tuple[tuple[type[PacsflowError], StoreStatus], ...] = (
+    (StorageFull, StoreStatus.OUT_OF_RESOURCES),
+    (SopClassMismatch, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    (UnreadableDataset, StoreStatus.CANNOT_UNDERSTAND),
+    (MissingAttribute, StoreStatus.MISSING_ATTRIBUTE),
+    (InvalidIdentifier, StoreStatus.INVALID_IDENTIFIER),
+    (InstanceUidMismatch, StoreStatus.INSTANCE_UID_MISMATCH),
+    (StudyMismatch, StoreStatus.STUDY_MISMATCH),
+)
+
+
+def status_for(error: PacsflowError) -> StoreStatus:
+    """The failure status of an instance that was not stored: one mapping for every way in."""
+    for kind, status in _FAILURES:
+        if isinstance(error, kind):
+            return status
+    return StoreStatus.PROCESSING_FAILURE
 
 
 @dataclass(frozen=True)
@@ -115,6 +171,14 @@ def events_for(stored: StoredInstance, node_id: str) -> list[Message]:
     ]
 
 
+# Who announced the SOP class and instance a dataset must match, for the refusals' wording.
+_BY_C_STORE = ("the negotiated", "the request's")
+_BY_FILE_META = ("the file meta's", "the file meta's")
+
+Writer = Callable[[Path], int]
+"""Writes an instance's file durably at the given path; returns its size."""
+
+
 class InstanceReceiver:
     """Stores received instances under the storage root and spools their events."""
 
@@ -132,26 +196,93 @@ class InstanceReceiver:
         started = time.perf_counter()
         syntax = str(file_meta.TransferSyntaxUID)
         header = read_header(dataset, syntax)
+        meta = encode_file_meta(file_meta)
+        return self._store(
+            header, file_meta, _BY_C_STORE, source, lambda path: write_atomic(path, (meta, dataset)), started
+        )
+
+    def receive_file(self, temp: Path, source: Source, expected_study: Uid | None = None) -> StoredInstance:
+        """Store the Part 10 file at ``temp`` (on the storage root's filesystem); raise as ``receive``.
+
+        The file is renamed into place as it is when its File Meta Information is sound; else the
+        meta is re-encoded (the missing elements filled from the dataset) and the dataset copied
+        after it. Either way the dataset's bytes are stored as they came. ``expected_study``: the
+        study a STOW-RS ``/studies/{study}`` stores into; an instance of another is refused.
+        On success ``temp`` is gone; on failure it is left for the caller to remove.
+        """
+        started = time.perf_counter()
+        with open(temp, "rb") as fp:
+            part = read_part10(fp)
+            syntax = str(part.meta.TransferSyntaxUID)
+            header = read_header(fp, syntax)
+        meta = part.meta if part.sound else _completed(part.meta, header)
+
+        def write(path: Path) -> int:
+            if part.sound:
+                return place_atomic(temp, path)
+            with open(temp, "rb") as fp:
+                chunks = itertools.chain((encode_file_meta(meta),), copy_dataset(fp, part.dataset_offset))
+                size = write_atomic(path, chunks)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            return size
+
+        return self._store(header, meta, _BY_FILE_META, source, write, started, expected_study)
+
+    def _store(
+        self,
+        header: Header,
+        file_meta: FileMetaDataset,
+        announced_by: tuple[str, str],
+        source: Source,
+        write: Writer,
+        started: float,
+        expected_study: Uid | None = None,
+    ) -> StoredInstance:
+        """The checks and the durable write every received instance goes through."""
+        syntax = str(file_meta.TransferSyntaxUID)
         location = locate(header, source.tenant)
+        if expected_study is not None and location.study != expected_study:
+            raise StudyMismatch(
+                f"StudyInstanceUID {location.study} is not the study {expected_study} of the "
+                f"request; post it to /studies/{location.study} or /studies"
+            )
         sop_class = _uid(header.sop_class_uid, "SOPClassUID")
         announced_class = str(file_meta.get("MediaStorageSOPClassUID", "") or "")
         if announced_class and announced_class != sop_class:
-            raise SopClassMismatch(f"SOP Class UID {sop_class} differs from the negotiated {announced_class}")
+            raise SopClassMismatch(
+                f"SOP Class UID {sop_class} differs from {announced_by[0]} {announced_class}"
+            )
         announced_sop = str(file_meta.get("MediaStorageSOPInstanceUID", "") or "")
         if announced_sop and announced_sop != location.sop:
             raise InstanceUidMismatch(
-                f"SOP Instance UID {location.sop} differs from the request's {announced_sop}"
+                f"SOP Instance UID {location.sop} differs from {announced_by[1]} {announced_sop}"
             )
-        path = self._layout.instance_path(location)
-        size = write_atomic(path, (encode_file_meta(file_meta), dataset))
+        size = write(self._layout.instance_path(location))
         stored = StoredInstance(location, header, syntax, size, datetime.now(UTC), source)
         self._outbox.append(events_for(stored, self._node_id))
         _log.info(
             "instance_stored",
+            sop_instance_uid=location.sop,
             study_uid=location.study,
             series_uid=location.series,
             bytes=size,
             transfer_syntax=syntax,
+            source_ae=source.ae_title,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return stored
+
+
+def _completed(meta: FileMetaDataset, header: Header) -> FileMetaDataset:
+    """A posted file's meta with what PS3.10 requires and it lacks taken from its dataset
+    (``encode_file_meta`` adds the version, the implementation class and the group length)."""
+    completed = FileMetaDataset()
+    for element in meta:
+        if element.tag != 0x00020000:  # the group length is recomputed
+            completed.add(element)
+    if not completed.get("MediaStorageSOPClassUID"):
+        completed.MediaStorageSOPClassUID = UID(header.sop_class_uid)
+    if not completed.get("MediaStorageSOPInstanceUID"):
+        completed.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
+    return completed

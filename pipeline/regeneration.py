@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import shutil
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,22 @@ _STAMP_FILE = ".versions.json"
 _LOCK_FILE = ".lock"
 
 
+@contextlib.contextmanager
+def _stamps(folder: Path) -> Iterator[dict[str, dict[str, int]]]:
+    """The study folder's ``.versions.json`` under its file lock, written back on the way out."""
+    fd = os.open(folder / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            stamps: dict[str, dict[str, int]] = orjson.loads((folder / _STAMP_FILE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            stamps = {}
+        yield stamps
+        write_atomic(folder / _STAMP_FILE, [orjson.dumps(stamps)])
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_fenced(
     folder: Path, files: Sequence[tuple[Path, bytes, Mapping[str, int]]]
 ) -> list[tuple[int, int]]:
@@ -75,14 +92,8 @@ def write_fenced(
     Sizes are (0, 0) for a file left alone.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            stamps: dict[str, dict[str, int]] = orjson.loads((folder / _STAMP_FILE).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            stamps = {}
-        sizes = []
+    sizes = []
+    with _stamps(folder) as stamps:
         for path, body, versions in files:
             on_disk = stamps.get(path.name, {})
             if any(on_disk.get(series, 0) > version for series, version in versions.items()):
@@ -90,10 +101,47 @@ def write_fenced(
                 continue
             sizes.append(write_metadata(path, body))
             stamps[path.name] = dict(versions)
-        write_atomic(folder / _STAMP_FILE, [orjson.dumps(stamps)])
-        return sizes
+    return sizes
+
+
+@contextlib.asynccontextmanager
+async def study_lock(conn: asyncpg.Connection, tenant: str, study: str) -> AsyncIterator[None]:
+    """Hold the study's metadata lock: regenerations and deletions of a study take turns."""
+    lock = f"metadata/{tenant}/{study}"
+    await conn.execute(_LOCK, lock)
+    try:
+        yield
     finally:
-        os.close(fd)  # releases the lock
+        # A broken connection has released the lock with the session.
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await conn.execute(_UNLOCK, lock)
+
+
+def forget(layout: StorageLayout, tenant: TenantId, study: Uid, alive: Iterable[str]) -> None:
+    """Remove the metadata files of the study's series that are no longer in the index (all of
+    them, and the study's, when ``alive`` is empty) with their version stamps: a series stored
+    again after its deletion starts again at version 1, and an old stamp would keep its new file
+    from being written. Idempotent: a redelivered deletion finds nothing left to remove."""
+    study_path = layout.study_metadata_path(tenant, study)
+    folder = study_path.parent / study
+    alive = set(alive)
+    if not alive:
+        for path in (study_path, study_path.with_name(study_path.name + ".gz")):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    if not folder.is_dir():
+        return
+    with _stamps(folder) as stamps:
+        on_disk = {p.name.split(".json")[0] for p in folder.glob("*.json*") if not p.name.startswith(".")}
+        for uid in sorted(on_disk - alive):
+            path = folder / f"{uid}.json"
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".gz").unlink(missing_ok=True)
+            stamps.pop(path.name, None)
+        for versions in stamps.values():
+            for uid in set(versions) - alive:
+                versions.pop(uid)
 
 
 class MetadataBuilder:
@@ -113,14 +161,8 @@ class MetadataBuilder:
         self, conn: asyncpg.Connection, tenant: TenantId, study: Uid, cache: Cache | None = None
     ) -> Regenerated | None:
         """Bring the study's metadata files up to date; None when they already were."""
-        lock = f"metadata/{tenant}/{study}"
-        await conn.execute(_LOCK, lock)
-        try:
+        async with study_lock(conn, tenant, study):
             result = await self._study_locked(conn, tenant, study)
-        finally:
-            # A broken connection has released the lock with the session.
-            with contextlib.suppress(*TRANSIENT_ERRORS):
-                await conn.execute(_UNLOCK, lock)
         if result is not None and cache is not None:
             await cache.invalidate_metadata(tenant, study, result.series)
         return result

@@ -60,6 +60,15 @@ class Settings:
     public_url: str
     cors_origins: tuple[str, ...]
     """Origins whose pages may call the DICOMweb API; ``*`` for any."""
+    stow_max_part_bytes: int
+    """Largest part one STOW-RS request may carry (413 beyond it)."""
+    stow_max_request_bytes: int
+    """Largest STOW-RS request body (413 beyond it); never held in memory, streamed to disk."""
+    viewer_syntaxes: tuple[Uid, ...]
+    """Transfer syntaxes the viewer (Cornerstone3D) decodes: an instance with pixel data in any other
+    is converted by the conversion agent into ``convert_to``."""
+    convert_to: Uid
+    """The transfer syntax converted copies are written in."""
     viewer: str
     """``on`` (the OHIF ``make install`` put beside the environment), ``off``, or the absolute path
     of an OHIF build's folder, checked by the web server when it starts: the other services need
@@ -206,6 +215,44 @@ def _uid_list(raw: str) -> tuple[Uid, ...]:
         return tuple(Uid(part.strip()) for part in raw.split(",") if part.strip())
     except InvalidIdentifier as exc:
         raise ValueError(str(exc)) from None
+
+
+# What Cornerstone3D's DICOM image loader decodes (packages/dicomImageLoader, decodeImageFrame):
+# the uncompressed and deflated syntaxes, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000
+# and HTJ2K. Video syntaxes (MPEG, H.264, HEVC) are played as video, not decoded as frames.
+CORNERSTONE_SYNTAXES = (
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+    "3.2.840.10008.1.2.4.96",
+)
+# Lossless targets whose encoders pydicom ships or the installed codecs provide.
+CONVERT_TARGETS = (
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.90",
+)
+
+
+def _convert_target(raw: str) -> Uid:
+    if raw.strip() not in CONVERT_TARGETS:
+        raise ValueError(f"{raw!r} is not one of {', '.join(CONVERT_TARGETS)}")
+    return Uid(raw.strip())
 
 
 def _bootstrap(raw: str) -> str:
@@ -378,6 +425,43 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "*",
             "origins (`https://viewer.example.org,...`) whose pages may call DICOMweb; `*`: any",
             _origins,
+        ),
+    ),
+    (
+        "stow_max_part_bytes",
+        Setting(
+            "PACSFLOW_STOW_MAX_PART_BYTES",
+            str(2 << 30),
+            "largest instance (part) one STOW-RS request may carry, in bytes (413 beyond it)",
+            _int(1024, 1 << 50),
+        ),
+    ),
+    (
+        "stow_max_request_bytes",
+        Setting(
+            "PACSFLOW_STOW_MAX_REQUEST_BYTES",
+            str(10 << 30),
+            "largest STOW-RS request body, in bytes (413 beyond it); streamed to disk, never held in memory",
+            _int(1024, 1 << 50),
+        ),
+    ),
+    (
+        "viewer_syntaxes",
+        Setting(
+            "PACSFLOW_VIEWER_SYNTAXES",
+            ",".join(CORNERSTONE_SYNTAXES),
+            "transfer syntaxes the viewer decodes (default: Cornerstone3D's list); an instance with pixel "
+            "data in any other is converted to `PACSFLOW_CONVERT_TO`",
+            _uid_list,
+        ),
+    ),
+    (
+        "convert_to",
+        Setting(
+            "PACSFLOW_CONVERT_TO",
+            "1.2.840.10008.1.2.1",
+            "transfer syntax of converted copies (Explicit VR Little Endian; lossless targets only)",
+            _convert_target,
         ),
     ),
     (

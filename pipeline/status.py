@@ -1,7 +1,8 @@
 """``pacsflow status``: what the operators look at. Per topic and partition: end offset, the
 worker group's committed offset and lag; the dead-letter queue's size; with a database, how many
-series have their metadata files current, pending or failed; and each worker whose index stream
-is held, since when and why.
+series have their metadata files current, pending or failed, and how many instances wait for their
+conversion or failed it; and each worker whose index (or conversion) stream is held, since when
+and why.
 
 Lag is end offset minus committed offset: exact on Kafka; on Tansu, whose offsets are not dense
 within a partition, it is an upper bound (zero still means caught up)."""
@@ -10,40 +11,64 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import log, topics
 from pipeline.models.formats import iso_utc
-from pipeline.retries import describe
+from pipeline.retries import describe, until_it_works
 from pipeline.settings import Settings
-from pipeline.stores import json_meta
+from pipeline.stores import conversions, json_meta
 
 GROUP = "pacsflow"  # the Faust app id, which is the consumer group of every worker
-_HELD_NOTES = "index-held-*.json"
+_HELD_NOTES = "*-held-*.json"
 _log = log.get(__name__)
+T = TypeVar("T")
 
 
 class HoldNote:
-    """A worker's note that its index stream is held, and why, for `pacsflow status`.
+    """A worker's note that one of its streams (``index``, ``conversion``) is held, and why, for
+    `pacsflow status`.
 
     A file in the data dir's run folder rather than a row or a record: what holds the stream is
-    often the database, and status must show it then. One per node id; the worker deletes its own
-    when the stream flows again, and at start (a worker that died held leaves its note, dated).
+    often the database, and status must show it then. One per stream and node id; the worker
+    deletes its own when the stream flows again, and at start (a worker that died held leaves its
+    note, dated).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stream: str = "index") -> None:
         self._node_id = settings.node_id
+        self.stream = stream
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", settings.node_id)
-        self.path = settings.run_dir / _HELD_NOTES.replace("*", name)
+        self.path = settings.run_dir / f"{stream}-held-{name}.json"
         self.since: datetime | None = None
+
+    async def until_done(self, waiting_for: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation``'s result, retried until it works (``retries.until_it_works``), the stream
+        noted held meanwhile: for what depends on the database's, the broker's or the storage's
+        state. Logs ``<stream>_retrying`` before each wait and ``<stream>_resumed`` after a hold."""
+        async for attempt in until_it_works(
+            f"{self.stream}_retrying",
+            on_wait=lambda error: self.held(waiting_for, error),
+            waiting_for=waiting_for,
+        ):
+            with attempt:
+                result = await operation()
+        if self.since is not None:
+            _log.info(
+                f"{self.stream}_resumed", waited_for=waiting_for, held_s=round(self.flowing() or 0.0, 1)
+            )
+        return result
 
     def held(self, waiting_for: str, error: BaseException | None) -> None:
         now = datetime.now(UTC)
         self.since = self.since or now
         note = {
+            "stream": self.stream,
             "node_id": self._node_id,
             "waiting_for": waiting_for,
             "reason": describe(error),
@@ -70,7 +95,7 @@ class HoldNote:
 
 
 def held_lines(settings: Settings) -> list[str]:
-    """One line per worker whose note says its index stream is held."""
+    """One line per worker stream whose note says it is held."""
     lines = []
     for path in sorted(settings.run_dir.glob(_HELD_NOTES)):
         try:
@@ -78,8 +103,8 @@ def held_lines(settings: Settings) -> list[str]:
         except (OSError, ValueError):  # deleted meanwhile: that worker flows again
             continue
         lines.append(
-            f"index held on {note['node_id']} since {note['since']}, waiting for {note['waiting_for']}"
-            f" (last retry {note['last_retry']}): {note['reason']}"
+            f"{note.get('stream', 'index')} held on {note['node_id']} since {note['since']}, "
+            f"waiting for {note['waiting_for']} (last retry {note['last_retry']}): {note['reason']}"
         )
     return lines
 
@@ -120,22 +145,25 @@ async def status(settings: Settings) -> list[str]:
     lines.append(f"dead letters in {topics.STORAGE_DLQ}: {dlq}")
     lines += held_lines(settings)
     if settings.database_url:
-        lines.append(await _metadata_line(settings.database_url))
+        lines += await _database_lines(settings.database_url)
     return lines
 
 
-async def _metadata_line(dsn: str) -> str:
+async def _database_lines(dsn: str) -> list[str]:
     # When the database is what holds the index, say so here rather than lose the lines above.
     try:
         conn = await asyncpg.connect(dsn)
         try:
-            counts = await json_meta.pending_counts(conn)
+            series = await json_meta.pending_counts(conn)
+            instances = await conversions.counts(conn)
         finally:
             await conn.close()
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return f"series metadata: unknown, the database fails: {describe(exc)}"
-    done, pending, failed = counts["done"], counts["pending"], counts["failed"]
-    return f"series metadata: {done} current, {pending} pending, {failed} failed"
+        return [f"series metadata and conversions: unknown, the database fails: {describe(exc)}"]
+    return [
+        f"series metadata: {series['done']} current, {series['pending']} pending, {series['failed']} failed",
+        f"conversions: {instances['pending']} pending, {instances['failed']} failed",
+    ]
 
 
 async def _count(

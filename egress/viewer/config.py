@@ -51,7 +51,8 @@ def _config() -> dict[str, object]:
                     "wadoUriRoot": "",
                     "qidoSupportsIncludeField": True,
                     "supportsReject": False,
-                    "dicomUploadEnabled": False,
+                    # OHIF's upload posts to STOW-RS at wadoRoot/studies.
+                    "dicomUploadEnabled": True,
                     "imageRendering": "wadors",
                     "thumbnailRendering": "thumbnail",
                     "thumbnailRequestStrategy": "fetch",

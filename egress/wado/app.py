@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import resource
 from collections.abc import AsyncIterator
@@ -10,15 +12,16 @@ import asyncpg
 from aiohttp import web
 
 from egress.viewer import site as viewer
-from egress.wado import metadata, qido, retrieve
+from egress.wado import delete, metadata, qido, retrieve, stow
 from egress.wado.access_log import ACCESS_LOG, AccessLogger, AccessLogPublisher, echo_trace_id, tracing
 from egress.wado.cors import cors
 from egress.wado.errors import errors
-from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
+from egress.wado.keys import BUILDER, CACHE, OUTBOX, POOL, PUBLISHER, SETTINGS
 from egress.wado.routes import routes
 from egress.wado.urls import PREFIXES
 from pipeline import lifecycle, listeners, log
 from pipeline.cache import Cache
+from pipeline.outbox import Outbox, OutboxPublisher
 from pipeline.regeneration import MetadataBuilder
 from pipeline.settings import Settings
 from pipeline.stores.files import StorageLayout
@@ -40,10 +43,14 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_cache)
     app.cleanup_ctx.append(_access_log)
+    app.cleanup_ctx.append(_outbox)
     app.add_routes(routes)
     metadata.add_routes(app, PREFIXES)
     qido.add_routes(app, PREFIXES)
     retrieve.add_routes(app, PREFIXES)
+    # STOW-RS streams its body with the multipart reader: client_max_size (1 MiB) does not apply.
+    stow.add_routes(app, PREFIXES)
+    delete.add_routes(app, PREFIXES)
     viewer.add_routes(app, settings)
     return app
 
@@ -80,6 +87,23 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
     app[ACCESS_LOG] = publisher
     yield
     await publisher.stop()
+
+
+async def _outbox(app: web.Application) -> AsyncIterator[None]:
+    """The outbox of what this process accepts (STOW-RS, DELETE), and its publisher: an answer is
+    sent only once its events are spooled here, and they reach Kafka whenever it is there."""
+    settings = app[SETTINGS]
+    outbox = await asyncio.to_thread(Outbox.open_slot, settings.outbox_dir, "web")
+    publisher = OutboxPublisher(settings, outbox)
+    app[OUTBOX] = outbox
+    app[PUBLISHER] = publisher
+    publishing = asyncio.create_task(publisher.run(), name="outbox-publisher")
+    yield
+    await publisher.stop()
+    publishing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await publishing
+    outbox.close()
 
 
 def _open_files_to_the_hard_limit() -> None:

@@ -31,7 +31,7 @@ def cors(app: web.Application, origins: tuple[str, ...]) -> Middleware:
         if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
             response: web.StreamResponse = web.Response(status=204 if origin else 403)
             if origin:
-                response.headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS] = "GET, HEAD, POST, OPTIONS"
+                response.headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS] = "GET, HEAD, POST, DELETE, OPTIONS"
                 response.headers[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] = ALLOWED_HEADERS
                 response.headers[hdrs.ACCESS_CONTROL_MAX_AGE] = "600"
             return response

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from pipeline import log
-from pipeline.errors import PacsflowError, StorageUnavailable
+from pipeline.errors import OutboxError, PacsflowError, StorageFull, StorageUnavailable
 from pipeline.stores.postgres import TRANSIENT_ERRORS
 
 _log = log.get(__name__)
@@ -47,6 +47,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return problem(406, str(exc))
     except StorageUnavailable as exc:
         return problem(503, str(exc))
+    except StorageFull as exc:  # nothing was accepted: the client may send it again later
+        _log.error("storage_full", path=request.path, error=str(exc))
+        return problem(507, str(exc))
+    except OutboxError as exc:
+        _log.error("outbox_failed", path=request.path, error=str(exc))
+        return problem(503, f"{exc}; nothing was accepted, try again")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

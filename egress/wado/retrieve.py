@@ -5,6 +5,11 @@ another transfer syntax, streamed part by part so that a study never sits in mem
 read through the frame index the index agent stored (one seek per frame); instances indexed
 without one are parsed. Anything that decodes pixels runs in a thread.
 
+An instance stored in a syntax the viewer cannot decode has a converted copy once the conversion
+agent made it (``pipeline.conversion``). Where the client lets the server pick the syntax
+(``transfer-syntax=*``, ``*/*``, no Accept: what OHIF sends), its instance and frames come from
+that copy; a client that names the stored syntax gets the stored bytes.
+
 Files are read through ``storage.StoredFiles``, which says what an ``OSError`` means (a file gone:
 404; the storage unreadable: 503). A streamed answer opens all its files before its status line; a
 part that still fails after it breaks the connection (``Multipart.send``).
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,9 +34,9 @@ from egress.wado.accept import ANY_SYNTAX, IMAGE_MEDIA_TYPES, NATIVE, MediaRange
 from egress.wado.errors import BadRequest, NotAcceptable, NotFound
 from egress.wado.keys import POOL, SETTINGS
 from egress.wado.numbers import whole
-from egress.wado.storage import StoredFiles
+from egress.wado.storage import ConvertedCopyMissing, StoredFiles
 from egress.wado.urls import tenant_of, uid
-from pipeline import frames, log
+from pipeline import conversion, frames, log
 from pipeline.stores import instances
 from pipeline.stores.instances import StoredInstance
 
@@ -106,8 +112,14 @@ async def _instances(request: web.Request) -> list[StoredInstance]:
     return found
 
 
-def _dicom_syntax(ranges: Sequence[MediaRange], stored: str) -> str | None:
-    """What to send an instance stored in ``stored`` as; None when no range can be met."""
+def _dicom_syntax(ranges: Sequence[MediaRange], instance: StoredInstance) -> tuple[str, bool] | None:
+    """(what to send an instance as, whether from its converted copy); None when no range can be met.
+
+    Where the client lets the server pick (``transfer-syntax=*``, ``*/*``, no Accept), an instance
+    with a converted copy is sent as that copy: what the viewer decodes. A client that names the
+    stored syntax gets the stored file, byte for byte.
+    """
+    stored, converted = instance.transfer_syntax_uid, instance.converted_syntax
     for media in ranges:
         if media.media_type not in (DICOM, "*/*", "application/*"):
             continue
@@ -115,33 +127,68 @@ def _dicom_syntax(ranges: Sequence[MediaRange], stored: str) -> str | None:
         wanted = media.transfer_syntax or (
             ExplicitVRLittleEndian if media.media_type == DICOM else ANY_SYNTAX
         )
-        if wanted in (ANY_SYNTAX, stored):
-            return stored
+        if wanted == ANY_SYNTAX:
+            return (converted, True) if converted else (stored, False)
+        if wanted == stored:
+            return stored, False
+        # Lossless both ways: the copy has the stored pixels, and decodes faster.
+        if converted and transcode.can_transcode(converted, wanted):
+            return wanted, True
         if transcode.can_transcode(stored, wanted):
-            return wanted
+            return wanted, False
     return None
+
+
+def _as_stored(instance: StoredInstance) -> StoredInstance:
+    """The instance read as stored, its converted copy ignored."""
+    return replace(instance, converted_syntax=None, converted_frame_index=None)
+
+
+def _plan(ranges: Sequence[MediaRange], found: Sequence[StoredInstance], accepted: str | None) -> list[_Sent]:
+    plan = []
+    for instance in found:
+        chosen = _dicom_syntax(ranges, instance)
+        if chosen is None:
+            raise NotAcceptable(
+                f"instance {instance.sop_uid} is stored as {syntax_name(instance.transfer_syntax_uid)} "
+                f"and cannot be converted to what Accept asks ({accepted!r}); "
+                "ask for transfer-syntax=* to get it as stored"
+            )
+        plan.append(_Sent(instance, *chosen))
+    return plan
+
+
+@dataclass(frozen=True)
+class _Sent:
+    instance: StoredInstance
+    syntax: str
+    converted: bool
+    """Read from its converted copy (in ``converted_syntax``), not its stored file."""
+
+    @property
+    def source_syntax(self) -> str:
+        copy = self.instance.converted_syntax
+        return copy if self.converted and copy else self.instance.transfer_syntax_uid
 
 
 async def retrieve(request: web.Request) -> web.StreamResponse:
     """A study, a series or an instance, as ``multipart/related; type="application/dicom"``."""
     found = await _instances(request)
     ranges = accept.parse(request.headers.get("Accept"))
-    plan: list[tuple[StoredInstance, str]] = []
-    for instance in found:
-        syntax = _dicom_syntax(ranges, instance.transfer_syntax_uid)
-        if syntax is None:
-            raise NotAcceptable(
-                f"instance {instance.sop_uid} is stored as {syntax_name(instance.transfer_syntax_uid)} "
-                f"and cannot be converted to what Accept asks ({request.headers.get('Accept')!r}); "
-                "ask for transfer-syntax=* to get it as stored"
-            )
-        plan.append((instance, syntax))
+    accepted = request.headers.get("Accept")
+    plan = _plan(ranges, found, accepted)
     stored = _stored_files(request)
-    opened = await asyncio.to_thread(stored.open_all, found)
+    try:
+        opened = await asyncio.to_thread(stored.open_all, found, [sent.converted for sent in plan])
+    except ConvertedCopyMissing:
+        # The index says a copy is there and it is not (removed by hand): the stored files still
+        # answer, and the index is what `converted_copy_missing` in the log points at.
+        plan = _plan(ranges, [_as_stored(i) for i in found], accepted)
+        opened = await asyncio.to_thread(stored.open_all, found)
     try:
         parts = (
-            (f"{DICOM}; transfer-syntax={syntax}", _part_body(stored, instance, file, syntax))
-            for (instance, syntax), file in zip(plan, opened, strict=True)
+            (f"{DICOM}; transfer-syntax={sent.syntax}", _part_body(stored, sent, file))
+            for sent, file in zip(plan, opened, strict=True)
         )
         return await Multipart(DICOM).send(request, parts)
     finally:
@@ -149,13 +196,11 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
             file.close()
 
 
-async def _part_body(
-    stored: StoredFiles, instance: StoredInstance, file: BinaryIO, syntax: str
-) -> AsyncIterator[bytes]:
-    """The instance's file as stored, in chunks; or transcoded to ``syntax``, in one piece."""
-    with stored.reading(instance):
-        if syntax != instance.transfer_syntax_uid:
-            yield await asyncio.to_thread(transcode.transcode, file, syntax)
+async def _part_body(stored: StoredFiles, sent: _Sent, file: BinaryIO) -> AsyncIterator[bytes]:
+    """The file (or converted copy) as it is, in chunks; or transcoded to ``sent.syntax``, in one piece."""
+    with stored.reading(sent.instance, sent.converted):
+        if sent.syntax != sent.source_syntax:
+            yield await asyncio.to_thread(conversion.reencode, file, sent.syntax)
             return
         while chunk := await asyncio.to_thread(file.read, CHUNK):
             yield chunk
@@ -174,29 +219,59 @@ def _frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-def _frame_syntax(ranges: Sequence[MediaRange], stored: str) -> tuple[str, str] | None:
-    """(transfer syntax, part media type) for frames of an instance stored in ``stored``."""
-    native = stored in NATIVE
-    as_stored = ExplicitVRLittleEndian if native else stored
+def _sent_as(syntax: str) -> tuple[str, str]:
+    """(transfer syntax, part media type) of frames read as they are from a file in ``syntax``:
+    native frames are sent as Explicit VR Little Endian octets, compressed ones as their image type."""
+    if syntax in NATIVE:
+        return ExplicitVRLittleEndian, OCTETS
+    return syntax, IMAGE_MEDIA_TYPES.get(syntax, OCTETS)
+
+
+def _frame_syntax(
+    ranges: Sequence[MediaRange], stored: str, converted: str | None
+) -> tuple[str, str, bool] | None:
+    """(transfer syntax, part media type, whether from the converted copy) for frames of an
+    instance stored in ``stored`` (with a converted copy in ``converted``, if it has one).
+
+    Where the client lets the server pick, frames come from the converted copy: the viewer
+    decodes it. A client that names the stored syntax gets the stored frames as they are.
+    """
+    own = _sent_as(stored)
+    copy = _sent_as(converted) if converted else None
+    picked = (*copy, True) if copy else (*own, False)
     for media in ranges:
         wanted = media.transfer_syntax
         if media.media_type in ("*/*", "application/*") and wanted in (None, ANY_SYNTAX):
-            return as_stored, OCTETS if native else IMAGE_MEDIA_TYPES.get(stored, OCTETS)
+            return picked
         if media.media_type == OCTETS:
             wanted = wanted or ExplicitVRLittleEndian
-            if wanted in (ANY_SYNTAX, as_stored):
-                return as_stored, OCTETS
-            if wanted == ExplicitVRLittleEndian and transcode.decodable(stored):
-                return ExplicitVRLittleEndian, OCTETS
+            if wanted == ANY_SYNTAX:
+                return picked[0], OCTETS, picked[2]
+            if wanted == own[0]:
+                return own[0], OCTETS, False
+            if copy and wanted == copy[0]:
+                return copy[0], OCTETS, True
+            if wanted == ExplicitVRLittleEndian and conversion.decodable(stored):
+                return ExplicitVRLittleEndian, OCTETS, False
         elif media.media_type == IMAGE_MEDIA_TYPES.get(stored) and wanted in (None, ANY_SYNTAX, stored):
-            return stored, media.media_type
+            return stored, media.media_type, False
+        elif (
+            converted
+            and media.media_type == IMAGE_MEDIA_TYPES.get(converted)
+            and wanted in (None, ANY_SYNTAX, converted)
+        ):
+            return converted, media.media_type, True
     return None
 
 
-async def _read_frames(path: Path, instance: StoredInstance, numbers: list[int], syntax: str) -> list[bytes]:
-    if syntax != ExplicitVRLittleEndian or instance.transfer_syntax_uid in NATIVE:
-        if instance.frame_index is not None:
-            return await asyncio.to_thread(frames.read_frames, path, instance.frame_index, numbers)
+async def _read_frames(
+    path: Path, syntax_of_file: str, index: bytes | None, numbers: list[int], syntax: str
+) -> list[bytes]:
+    """Frames ``numbers`` of the file at ``path`` (in ``syntax_of_file``, described by ``index``)
+    in ``syntax``: as they are, or decoded to native pixels."""
+    if syntax != ExplicitVRLittleEndian or syntax_of_file in NATIVE:
+        if index is not None:
+            return await asyncio.to_thread(frames.read_frames, path, index, numbers)
         return await asyncio.to_thread(frames.read_frames_parsing, path, numbers)
     return [await asyncio.to_thread(transcode.decode_frame, path, n) for n in numbers]
 
@@ -213,22 +288,39 @@ async def frame_list(request: web.Request) -> web.StreamResponse:
             f"instance {instance.sop_uid} has {instance.number_of_frames} frame(s); "
             f"there is no frame {', '.join(map(str, beyond))}"
         )
-    chosen = _frame_syntax(accept.parse(request.headers.get("Accept")), instance.transfer_syntax_uid)
+    try:
+        syntax, media_type, data = await _frames(request, instance, numbers)
+    except ConvertedCopyMissing:
+        # Logged as `converted_copy_missing`; the stored file still answers.
+        syntax, media_type, data = await _frames(request, _as_stored(instance), numbers)
+    return await Multipart(media_type).send(
+        request, ((f"{media_type}; transfer-syntax={syntax}", frame) for frame in data)
+    )
+
+
+async def _frames(
+    request: web.Request, instance: StoredInstance, numbers: list[int]
+) -> tuple[str, str, list[bytes]]:
+    """(transfer syntax, media type, frames) of what Accept asks for."""
+    ranges = accept.parse(request.headers.get("Accept"))
+    chosen = _frame_syntax(ranges, instance.transfer_syntax_uid, instance.converted_syntax)
     if chosen is None:
         raise NotAcceptable(
             f"frames of instance {instance.sop_uid} are stored as "
             f"{syntax_name(instance.transfer_syntax_uid)}; Accept {request.headers.get('Accept')!r} "
             "asks for what cannot be made from them (transfer-syntax=* gets them as stored)"
         )
-    syntax, media_type = chosen
+    syntax, media_type, converted = chosen
+    if converted and instance.converted_syntax:
+        source, index = instance.converted_syntax, instance.converted_frame_index
+    else:
+        source, index = instance.transfer_syntax_uid, instance.frame_index
     try:
-        with _stored_files(request).reading(instance) as path:
-            data = await _read_frames(path, instance, numbers, syntax)
+        with _stored_files(request).reading(instance, converted) as path:
+            data = await _read_frames(path, source, index, numbers, syntax)
     except frames.FrameNotFound as exc:
         raise NotFound(str(exc)) from None
-    return await Multipart(media_type).send(
-        request, ((f"{media_type}; transfer-syntax={syntax}", frame) for frame in data)
-    )
+    return syntax, media_type, data
 
 
 def _bulk_value(path: Path, segments: list[str]) -> bytes | None:
@@ -263,7 +355,8 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
         if segments == ["7FE00010"] and instance.number_of_frames:
             # Pixel data: its frames (compressed ones cannot be cut from one value).
             numbers = list(range(1, instance.number_of_frames + 1))
-            parts = await _read_frames(path, instance, numbers, instance.transfer_syntax_uid)
+            stored_syntax = instance.transfer_syntax_uid
+            parts = await _read_frames(path, stored_syntax, instance.frame_index, numbers, stored_syntax)
             native = instance.transfer_syntax_uid in NATIVE
             if native:
                 parts = [b"".join(parts)]

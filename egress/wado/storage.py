@@ -10,7 +10,7 @@ that reaches it for; so every read of a stored file goes through ``StoredFiles.r
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import BinaryIO
 from egress.wado.errors import NotFound
 from pipeline import log
 from pipeline.errors import PacsflowError, StorageUnavailable
+from pipeline.stores.files import converted_copy
 from pipeline.stores.instances import StoredInstance
 
 _log = log.get(__name__)
@@ -28,6 +29,11 @@ class StoredFileMissing(NotFound):
     """An indexed instance whose file is not under the storage root."""
 
 
+class ConvertedCopyMissing(StoredFileMissing):
+    """An instance whose index row says it has a converted copy that is not there: its reader
+    falls back to the stored file."""
+
+
 @dataclass(frozen=True)
 class StoredFiles:
     """One tenant's instance files under the storage root."""
@@ -35,33 +41,50 @@ class StoredFiles:
     root: Path
     tenant: str
 
-    def path(self, instance: StoredInstance) -> Path:
-        return self.root / instance.file_path
+    def path(self, instance: StoredInstance, converted: bool = False) -> Path:
+        """The instance's file, or (``converted``) its converted copy."""
+        path = self.root / instance.file_path
+        return converted_copy(path) if converted else path
 
     @contextmanager
-    def reading(self, instance: StoredInstance) -> Iterator[Path]:
-        """The instance's path; an ``OSError`` raised while it is read becomes what it means."""
+    def reading(self, instance: StoredInstance, converted: bool = False) -> Iterator[Path]:
+        """The path of the instance's file (or converted copy); an ``OSError`` raised while it is
+        read becomes what it means."""
         try:
-            yield self.path(instance)
+            yield self.path(instance, converted)
         except OSError as exc:
-            raise self._failure(instance, exc) from exc
+            raise self._failure(instance, exc, converted) from exc
 
-    def open_all(self, instances: Iterable[StoredInstance]) -> list[BinaryIO]:
-        """Every instance's file, opened; all or none (blocking: call it in a thread).
+    def open_all(
+        self, instances: Sequence[StoredInstance], converted: Sequence[bool] | None = None
+    ) -> list[BinaryIO]:
+        """Every instance's file (or, where ``converted`` says so, its converted copy), opened; all
+        or none (blocking: call it in a thread).
 
         A multipart answer opens its files before its first byte: once the status line is out, a
         missing file can no longer be told as a 404. An open file stays readable if it is removed.
         """
         with ExitStack() as opened:
             files: list[BinaryIO] = []
-            for instance in instances:
-                with self.reading(instance) as path:
+            copies = [False] * len(instances) if converted is None else converted
+            for instance, copy in zip(instances, copies, strict=True):
+                with self.reading(instance, copy) as path:
                     files.append(opened.enter_context(path.open("rb")))
             opened.pop_all()
         return files
 
-    def _failure(self, instance: StoredInstance, exc: OSError) -> PacsflowError:
+    def _failure(self, instance: StoredInstance, exc: OSError, converted: bool = False) -> PacsflowError:
         where = f"instance {instance.sop_uid} of series {instance.series_uid} in study {instance.study_uid}"
+        if converted and exc.errno == errno.ENOENT and self.root.is_dir():
+            _log.warning(
+                "converted_copy_missing",
+                tenant=self.tenant,
+                study=instance.study_uid,
+                series=instance.series_uid,
+                sop=instance.sop_uid,
+                path=str(self.path(instance, converted=True)),
+            )
+            return ConvertedCopyMissing(f"the converted copy of {where} is not in the storage")
         if exc.errno == errno.ENOENT and self.root.is_dir():
             _log.warning(
                 "stored_file_missing",

@@ -1,4 +1,8 @@
-"""The index agent: ``storage_queue`` -> PostgreSQL index, ``dicom_state_queue``, ``dicom_image_queue``.
+"""The index agent: ``storage_queue`` -> PostgreSQL index, ``dicom_state_queue``, ``dicom_image_queue``,
+``conversion_queue``.
+
+``storage_queue`` carries stores and deletions of a study in one partition, in the order they were
+published: a batch is applied run by run, each deletion after the stores before it.
 
 No event is ever skipped. Events are acked by hand, only after their batch is written and its
 records are on the broker. An event that can never be indexed (file missing or not DICOM,
@@ -22,24 +26,34 @@ import asyncpg
 import faust
 from pydicom import dcmread
 
-from pipeline import frames, log, metadata, topics
+from pipeline import frames, log, metadata, regeneration, topics
 from pipeline.agents.channels import study_keyed
 from pipeline.agents.database import Database, is_data_error
 from pipeline.cache import Cache
 from pipeline.errors import PacsflowError, StorageUnavailable
-from pipeline.indexing import IndexedInstance, UnindexableInstance, index_instance, state_record
+from pipeline.indexing import (
+    CONVERSION_PENDING,
+    IndexedInstance,
+    UnindexableInstance,
+    deleted_image_record,
+    index_instance,
+    state_record,
+)
 from pipeline.models import (
+    ConversionRequest,
+    DeletionEvent,
     StorageDeadLetter,
     StorageEvent,
     TenantId,
     Uid,
+    storage_queue_record,
 )
 from pipeline.models.formats import iso_utc
-from pipeline.retries import describe, until_it_works
+from pipeline.retries import describe
 from pipeline.settings import Settings
 from pipeline.status import HoldNote
 from pipeline.stores import postgres
-from pipeline.stores.files import InstanceLocation, StorageLayout
+from pipeline.stores.files import InstanceLocation, StorageLayout, converted_copy, remove_instance_files
 
 _log = log.get(__name__)
 E = TypeVar("E")
@@ -94,28 +108,137 @@ class Indexer:
         self._state = study_keyed(app, topics.DICOM_STATE_QUEUE)
         self._image = study_keyed(app, topics.DICOM_IMAGE_QUEUE)
         self._dlq = study_keyed(app, topics.STORAGE_DLQ)
+        self._conversions = study_keyed(app, topics.CONVERSION_QUEUE)
         self.hold = HoldNote(settings)
 
     async def index_batch(self, events: Sequence[faust.EventT[bytes]]) -> None:
-        """Index one batch; return only when every event is indexed or dead-lettered."""
+        """Index one batch; return only when every event is indexed, applied or dead-lettered."""
         started = time.perf_counter()
-        parsed: list[tuple[StorageEvent, bytes]] = []
+        stores: list[tuple[StorageEvent, bytes]] = []
         dead: list[Dead] = []
+        indexed = dead_lettered = 0
         for event in events:
             raw = bytes(event.value)
             try:
-                parsed.append((StorageEvent.loads(raw), raw))
+                record = storage_queue_record(raw)
             except (ValueError, TypeError, KeyError) as exc:
-                dead.append(Dead(None, raw, f"not a StorageEvent: {exc}"))
+                dead.append(Dead(None, raw, f"neither a StorageEvent nor a DeletionEvent: {exc}"))
+                continue
+            if isinstance(record, DeletionEvent):
+                done = await self._index_stores(stores, dead)  # the stores published before it first
+                indexed, dead_lettered = indexed + done[0], dead_lettered + done[1]
+                stores, dead = [], []
+                dead_lettered += await self._delete(record, raw)
+            else:
+                stores.append((record, raw))
+        done = await self._index_stores(stores, dead)
+        self._log_batch(events, indexed + done[0], dead_lettered + done[1], started)
+
+    async def _index_stores(
+        self, parsed: list[tuple[StorageEvent, bytes]], dead: list[Dead]
+    ) -> tuple[int, int]:
+        if not parsed and not dead:
+            return 0, 0
         indexed, unreadable = await self._retry("storage", lambda: asyncio.to_thread(self._read_all, parsed))
-        dead += unreadable
+        dead = dead + unreadable
         counts, rejected = await self._retry("database", lambda: self._write(indexed))
         dead += rejected
         written = [i for i in indexed if not any(d.event is i.event for d in rejected)]
         await self._retry("broker", lambda: self._publish(written, counts, dead))
         # Cached QIDO-RS answers of these tenants are now stale.
         await self._cache.bump(item.instance.instance.tenant_id for item in written)
-        self._log_batch(events, len(written), len(dead), started)
+        return len(written), len(dead)
+
+    async def _delete(self, event: DeletionEvent, raw: bytes) -> int:
+        """Apply one deletion: files first, then rows, then the records that tell Doris; returns
+        the number of events dead-lettered (1 for a deletion that can never be applied)."""
+        started = time.perf_counter()
+        try:
+            tenant = TenantId(event.TenantID)
+            study = Uid(event.StudyInstanceUID, "StudyInstanceUID")
+            series = Uid(event.SeriesInstanceUID, "SeriesInstanceUID") if event.SeriesInstanceUID else None
+            sop = Uid(event.SopInstanceUID, "SOPInstanceUID") if event.SopInstanceUID else None
+            cutoff = datetime.fromisoformat(event.Cutoff)
+        except (PacsflowError, ValueError) as exc:
+            letter = Dead(None, raw, f"deletion: {exc}")
+            await self._retry("broker", lambda: self._publish([], [], [letter]))
+            return 1
+        gone = await self._retry(
+            "database",
+            lambda: self._on_connection(lambda c: postgres.doomed(c, tenant, study, series, sop, cutoff)),
+        )
+        await self._retry("storage", lambda: asyncio.to_thread(self._remove_files, gone))
+
+        async def rows(conn: asyncpg.Connection) -> postgres.Deleted:
+            async with regeneration.study_lock(conn, tenant, study):
+                deleted = await postgres.delete_rows(conn, tenant, study, gone, cutoff)
+                alive = await conn.fetch(
+                    "SELECT series_uid FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2",
+                    tenant,
+                    study,
+                )
+                await asyncio.to_thread(
+                    regeneration.forget, self._layout, tenant, study, [r["series_uid"] for r in alive]
+                )
+                return deleted
+
+        deleted: postgres.Deleted = await self._retry("database", lambda: self._on_connection(rows))
+        touched = sorted({g.series_uid for g in gone})
+        await self._cache.invalidate_metadata(tenant, study, touched)
+        await self._retry("broker", lambda: self._publish_deletion(tenant, study, gone, deleted))
+        _log.info(
+            "instances_deleted",
+            tenant=tenant,
+            study_uid=study,
+            series_uid=series,
+            sop_instance_uid=sop,
+            instances=len(gone),
+            series_removed=[s.series_uid for s in deleted.removed],
+            study_removed=deleted.study_gone,
+            trace_id=event.TraceID,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return 0
+
+    async def _on_connection(self, operation: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+        pool = await self._database.pool()
+        try:
+            async with pool.acquire() as conn:
+                return await operation(conn)
+        except Exception:
+            await pool.expire_connections()  # as in _write: a held stream retries on new sessions
+            raise
+
+    def _remove_files(self, gone: Sequence[postgres.DoomedInstance]) -> None:
+        paths = [self._layout.root / item.file_path for item in gone]
+        remove_instance_files(self._layout.root, [p for path in paths for p in (path, converted_copy(path))])
+
+    async def _publish_deletion(
+        self, tenant: str, study: str, gone: Sequence[postgres.DoomedInstance], deleted: postgres.Deleted
+    ) -> None:
+        now = datetime.now(UTC)
+        futures: list[Awaitable[Any]] = []
+        key = topics.study_key(study)
+        for item in gone:
+            record = deleted_image_record(
+                tenant=tenant,
+                patient_id=item.patient_id,
+                study=study,
+                series=item.series_uid,
+                sop=item.sop_uid,
+                study_date_origin=item.study_date_origin,
+                sop_class_uid=item.sop_class_uid,
+                transfer_syntax_uid=item.transfer_syntax_uid,
+                file_path=item.file_path,
+                file_size=item.file_size,
+                when=now,
+            )
+            futures.append(await self._image.send(key=key, value=record.dumps()))
+        states = [state_record(c.series, c.instances, c.created) for c in deleted.remaining]
+        states += [state_record(series, 0, now, deleted=True) for series in deleted.removed]
+        for state in states:
+            futures.append(await self._state.send(key=key, value=state.dumps()))
+        await asyncio.gather(*futures)
 
     def _read_all(self, parsed: Sequence[tuple[StorageEvent, bytes]]) -> tuple[list[_Indexed], list[Dead]]:
         indexed: list[_Indexed] = []
@@ -160,7 +283,12 @@ class Indexer:
                 raise StorageUnavailable(f"the storage is not readable: {exc}") from exc
             raise
         indexed = index_instance(
-            event, dataset, now, bulkdata_threshold=threshold, frame_index=frames.frame_index(dataset)
+            event,
+            dataset,
+            now,
+            bulkdata_threshold=threshold,
+            frame_index=frames.frame_index(dataset),
+            viewer_syntaxes=self._settings.viewer_syntaxes,
         )
         if indexed.unconverted:
             _log.warning(
@@ -214,6 +342,19 @@ class Indexer:
         for item in written:
             key = topics.study_key(item.instance.image.study_uid)
             futures.append(await self._image.send(key=key, value=item.instance.image.dumps()))
+            row = item.instance.instance
+            if row.conversion_status == CONVERSION_PENDING:
+                request = ConversionRequest(
+                    tenant_id=row.tenant_id,
+                    study_uid=row.study_uid,
+                    series_uid=row.series_uid,
+                    sop_uid=row.sop_uid,
+                    file_path=row.file_path,
+                    source_ts=row.transfer_syntax_uid,
+                    target_ts=self._settings.convert_to,
+                    trace_id=row.trace_id,
+                )
+                futures.append(await self._conversions.send(key=key, value=request.dumps()))
         for count in counts:
             record = state_record(count.series, count.instances, count.created)
             futures.append(
@@ -242,15 +383,7 @@ class Indexer:
 
     async def _retry(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
         """Until it works: what can never work was dead-lettered before, what fails now holds."""
-        result: Any = None
-        async for attempt in until_it_works(
-            "index_retrying", on_wait=lambda error: self.hold.held(what, error), waiting_for=what
-        ):
-            with attempt:
-                result = await operation()
-        if self.hold.since is not None:
-            _log.info("index_resumed", waited_for=what, held_s=round(self.hold.flowing() or 0.0, 1))
-        return result
+        return await self.hold.until_done(what, operation)
 
     def _log_batch(
         self, events: Sequence[faust.EventT[bytes]], indexed: int, dead: int, started: float

@@ -3,12 +3,22 @@
 This package imports nothing of pacsflow's but ``pipeline.errors`` (an import-linter contract).
 """
 
+from pipeline.models.conversion import ConversionRequest
 from pipeline.models.deadletter import StorageDeadLetter
-from pipeline.models.doris import DicomImageMeta, DicomObjectMeta, DicomStateMeta, WadoAccessLog
+from pipeline.models.doris import (
+    ConversionRecord,
+    DicomImageMeta,
+    DicomObjectMeta,
+    DicomStateMeta,
+    WadoAccessLog,
+)
 from pipeline.models.identifiers import TenantId, Uid
-from pipeline.models.storage import StorageEvent
+from pipeline.models.storage import DeletionEvent, StorageEvent, storage_queue_record
 
 __all__ = [
+    "ConversionRecord",
+    "ConversionRequest",
+    "DeletionEvent",
     "DicomImageMeta",
     "DicomObjectMeta",
     "DicomStateMeta",
@@ -17,4 +27,5 @@ __all__ = [
     "TenantId",
     "Uid",
     "WadoAccessLog",
+    "storage_queue_record",
 ]

@@ -35,7 +35,7 @@ class DicomObjectMeta(Record):
     source_ae: str
 
 
-class DicomStateMeta(Record):
+class DicomStateMeta(Record, kw_only=True):
     """One series with its patient and study (Doris ``dicom_state_meta``), on ``dicom_state_queue``.
 
     ``updated_time`` is not here: the Routine Load job sets it (``updated_time = NOW()``).
@@ -70,9 +70,12 @@ class DicomStateMeta(Record):
     protocol_name: str | None
     series_related_instances: int
     created_time: str
+    deleted: int = 0
+    """1: the series was deleted. The Routine Load job merges with ``DELETE ON deleted = 1``, so
+    Doris removes the row (its hidden delete sign) rather than keeping a flagged one."""
 
 
-class DicomImageMeta(Record):
+class DicomImageMeta(Record, kw_only=True):
     """One instance's image attributes (Doris ``dicom_image_meta``), on ``dicom_image_queue``.
 
     As in the seed, ``width`` holds Rows and ``columns`` Columns; ``study_date_origin`` is a DATE
@@ -116,6 +119,8 @@ class DicomImageMeta(Record):
     image_status: str
     space_size: int
     created_time: str
+    deleted: int = 0
+    """1: the instance was deleted; removed from Doris by the job's ``DELETE ON deleted = 1``."""
 
 
 class WadoAccessLog(Record):
@@ -136,3 +141,21 @@ class WadoAccessLog(Record):
     trace_id: str
     created_time: str
     worker_node_id: str
+
+
+class ConversionRecord(Record):
+    """One attempt of the conversion agent, success or failure (Doris ``conversion_record``), on
+    ``conversion_log``."""
+
+    tenant_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    source_ts: str
+    target_ts: str
+    status: str
+    """``converted``, ``failed``, or ``skipped`` (the instance changed or went before its turn)."""
+    reason: str | None
+    trace_id: str
+    worker_node_id: str
+    created_time: str

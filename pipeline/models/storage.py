@@ -6,6 +6,8 @@ Field names follow the wire contract, not PEP 8: the seed design's MessageBody (
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pipeline.models.record import Record
 
 
@@ -29,3 +31,34 @@ class StorageEvent(Record):
     """ISO 8601, UTC, microseconds: when the file became durable."""
     TraceID: str
     NodeID: str
+
+
+class DeletionEvent(Record, kw_only=True):
+    """A DELETE the web server accepted, on ``storage_queue`` with the study's key: ordered with that
+    study's stores, so an instance stored after the request outlives it."""
+
+    Action: Literal["delete"] = "delete"
+    TenantID: str
+    StudyInstanceUID: str
+    SeriesInstanceUID: str | None
+    """None: the whole study."""
+    SopInstanceUID: str | None
+    """None: the whole series (or study)."""
+    Cutoff: str
+    """ISO 8601, the index's clock when the request was accepted: instances indexed after it (a
+    store that raced the request) are kept."""
+    RequestedTime: str
+    TraceID: str
+    NodeID: str
+    SourceIP: str
+
+
+def storage_queue_record(raw: bytes) -> StorageEvent | DeletionEvent:
+    """What a ``storage_queue`` record holds; ValueError (naming the problem) when it is neither."""
+    try:
+        return StorageEvent.loads(raw)
+    except ValueError as not_stored:
+        try:
+            return DeletionEvent.loads(raw)
+        except ValueError:
+            raise not_stored from None

@@ -19,9 +19,22 @@ class StoredInstance:
     """Relative to the storage root."""
     frame_index: bytes | None
     """``pipeline.frames.frame_index``; None: frames are read by parsing the file."""
+    converted_syntax: str | None = None
+    """The transfer syntax of its converted copy (``pipeline.conversion``); None: it has none (yet)."""
+    converted_frame_index: bytes | None = None
+    """The frame index of its converted copy."""
 
 
-_COLUMNS = ", ".join(f"i.{name}" for name in StoredInstance.__dataclass_fields__)
+# A converted copy counts only once its conversion is done (conversion_status 1): until then, or
+# after a failure, the instance is read as stored.
+_CONVERTED = {
+    "converted_syntax": "CASE WHEN i.conversion_status = 1 THEN i.converted_syntax END",
+    "converted_frame_index": "CASE WHEN i.conversion_status = 1 THEN i.converted_frame_index END",
+}
+_COLUMNS = ", ".join(
+    f"{_CONVERTED[name]} AS {name}" if name in _CONVERTED else f"i.{name}"
+    for name in StoredInstance.__dataclass_fields__
+)
 
 
 async def find(

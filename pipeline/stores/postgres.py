@@ -75,13 +75,14 @@ async def migrate(dsn: str) -> list[str]:
 _INSTANCE_COLUMNS = (
     "tenant_id", "study_uid", "series_uid", "sop_uid", "sop_class_uid", "instance_number",
     "transfer_syntax_uid", "number_of_frames", "rows", "columns", "file_path", "file_size",
-    "received_time", "trace_id", "json_fragment", "frame_index",
+    "received_time", "trace_id", "json_fragment", "frame_index", "conversion_status",
 )  # fmt: skip
 _UPSERT_INSTANCE = f"""
 INSERT INTO dicom_instance_meta ({", ".join(_INSTANCE_COLUMNS)})
 VALUES ({", ".join(f"${i}" for i in range(1, len(_INSTANCE_COLUMNS) + 1))})
 ON CONFLICT (tenant_id, study_uid, series_uid, sop_uid) DO UPDATE SET
-{", ".join(f"{c} = EXCLUDED.{c}" for c in _INSTANCE_COLUMNS[4:])}, indexed_time = clock_timestamp()
+{", ".join(f"{c} = EXCLUDED.{c}" for c in _INSTANCE_COLUMNS[4:])}, indexed_time = clock_timestamp(),
+    converted_syntax = NULL, converted_frame_index = NULL, conversion_error = NULL
 """
 
 _SERIES_COLUMNS = tuple(SeriesRow.__dataclass_fields__)
@@ -172,3 +173,156 @@ async def instance_paths(pool: asyncpg.Pool, tenants: Iterable[str] | None = Non
             list(tenants),
         )
     return {r["file_path"]: r["tenant_id"] for r in rows}
+
+
+# Deletion. The web server lists what a DELETE removes (``deletion_scope``) with the index's clock
+# as the cutoff; the index agent, in partition order with the study's stores, reads the same scope
+# (``doomed``), removes the files, then the rows (``delete_rows``): a crash in between leaves rows
+# whose file is gone, which the redelivered event removes, never a file that reconcile would index.
+_SCOPE = """
+SELECT i.series_uid, i.sop_uid, i.file_path, i.sop_class_uid, i.transfer_syntax_uid, i.file_size,
+       s.patient_id, s.study_date_origin
+FROM dicom_instance_meta i
+JOIN dicom_state_meta s USING (tenant_id, study_uid, series_uid)
+WHERE i.tenant_id = $1 AND i.study_uid = $2
+  AND ($3::text IS NULL OR i.series_uid = $3) AND ($4::text IS NULL OR i.sop_uid = $4)
+  AND i.indexed_time <= $5
+ORDER BY i.series_uid, i.sop_uid
+"""
+
+
+@dataclass(frozen=True)
+class DoomedInstance:
+    series_uid: str
+    sop_uid: str
+    file_path: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    file_size: int
+    patient_id: str
+    study_date_origin: str
+
+
+def _doomed(rows: Iterable[asyncpg.Record]) -> list[DoomedInstance]:
+    return [DoomedInstance(**dict(r)) for r in rows]
+
+
+async def deletion_scope(
+    pool: asyncpg.Pool, tenant: str, study: str, series: str | None, sop: str | None
+) -> tuple[datetime, list[DoomedInstance]]:
+    """The index's clock now, and the instances a DELETE accepted now removes: one snapshot, so
+    that the list and the cutoff agree."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        cutoff: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        rows = await conn.fetch(_SCOPE, tenant, study, series, sop, cutoff)
+    return cutoff, _doomed(rows)
+
+
+async def doomed(
+    conn: asyncpg.Connection, tenant: str, study: str, series: str | None, sop: str | None, cutoff: datetime
+) -> list[DoomedInstance]:
+    return _doomed(await conn.fetch(_SCOPE, tenant, study, series, sop, cutoff))
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What ``delete_rows`` changed: series left with fewer instances, series gone."""
+
+    remaining: list[SeriesCount]
+    removed: list[SeriesRow]
+    study_gone: bool
+
+
+async def delete_rows(
+    conn: asyncpg.Connection, tenant: str, study: str, gone: Sequence[DoomedInstance], cutoff: datetime
+) -> Deleted:
+    """Remove the rows of ``gone`` in one transaction, recount their series, drop emptied series
+    (with their metadata state), and mark what the study's metadata must be rebuilt for."""
+    series = sorted({g.series_uid for g in gone})
+    async with conn.transaction():
+        states = {
+            r["series_uid"]: SeriesRow(**{c: r[c] for c in _SERIES_COLUMNS})
+            for r in await conn.fetch(
+                f"SELECT {', '.join(_SERIES_COLUMNS)} FROM dicom_state_meta"
+                " WHERE tenant_id = $1 AND study_uid = $2 AND series_uid = ANY($3::text[])",
+                tenant,
+                study,
+                series,
+            )
+        }
+        await conn.execute(
+            """
+            DELETE FROM dicom_instance_meta i
+            USING unnest($3::text[], $4::text[]) AS k(series_uid, sop_uid)
+            WHERE i.tenant_id = $1 AND i.study_uid = $2
+              AND i.series_uid = k.series_uid AND i.sop_uid = k.sop_uid AND i.indexed_time <= $5
+            """,
+            tenant,
+            study,
+            [g.series_uid for g in gone],
+            [g.sop_uid for g in gone],
+            cutoff,
+        )
+        counts = {
+            r["series_uid"]: r["n"]
+            for r in await conn.fetch(
+                "SELECT series_uid, count(*)::int AS n FROM dicom_instance_meta"
+                " WHERE tenant_id = $1 AND study_uid = $2 AND series_uid = ANY($3::text[]) GROUP BY 1",
+                tenant,
+                study,
+                series,
+            )
+        }
+        emptied = [s for s in series if counts.get(s, 0) == 0]
+        kept = [s for s in series if counts.get(s, 0) > 0]
+        await conn.execute(
+            "DELETE FROM dicom_state_meta"
+            " WHERE tenant_id = $1 AND study_uid = $2 AND series_uid = ANY($3::text[])",
+            tenant,
+            study,
+            emptied,
+        )
+        await conn.execute(
+            "DELETE FROM dicom_json_meta"
+            " WHERE tenant_id = $1 AND study_uid = $2 AND series_uid = ANY($3::text[])",
+            tenant,
+            study,
+            emptied,
+        )
+        rows = await conn.fetch(
+            """
+            UPDATE dicom_state_meta s SET series_related_instances = k.n, updated_time = now()
+            FROM unnest($3::text[], $4::int[]) AS k(series_uid, n)
+            WHERE s.tenant_id = $1 AND s.study_uid = $2 AND s.series_uid = k.series_uid
+            RETURNING s.series_uid, s.created_time
+            """,
+            tenant,
+            study,
+            kept,
+            [counts[s] for s in kept],
+        )
+        # Series that lost instances are rebuilt; when a series went, the study file is rebuilt
+        # from the series that are left (none of them is stale on its own).
+        await conn.execute(
+            """
+            UPDATE dicom_json_meta SET
+                version = version + (series_uid = ANY($3::text[]))::int,
+                study_built_version = CASE WHEN $4 THEN NULL ELSE study_built_version END,
+                json_status = 0, flag_time = now(), retry_times = 0
+            WHERE tenant_id = $1 AND study_uid = $2 AND (series_uid = ANY($3::text[]) OR $4)
+            """,
+            tenant,
+            study,
+            kept,
+            bool(emptied),
+        )
+        left = await conn.fetchval(
+            "SELECT count(*) FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2", tenant, study
+        )
+    return Deleted(
+        remaining=[
+            SeriesCount(states[r["series_uid"]], counts[r["series_uid"]], r["created_time"]) for r in rows
+        ],
+        removed=[states[s] for s in emptied if s in states],
+        study_gone=left == 0,
+    )

@@ -3,17 +3,23 @@
 Both servers start empty on loopback ports of their own: `pacsflow dev` (embedded broker and
 PostgreSQL, every file fsynced) and Debian's Orthanc with its DICOMweb plugin (a temporary
 configuration: `SeriesMetadata` and `StudiesMetadata` `Full`, `SyncStorageArea` on, HTTP refused
-to other hosts, C-STORE accepted only from 127.0.0.1). Every load loop is bounded in count and
+to other hosts, C-STORE accepted only from 127.0.0.1; `TCP_NODELAY=1` for Orthanc and storescu,
+as Orthanc's users are told). Every load loop is bounded in count and
 time; latencies are one request at a time (a bounded aiohttp client), throughput is wrk with 16
 connections. Where a metric is measured twice the servers alternate and the median is kept.
 
 Reported: ingest with dcmtk's storescu on 1 and 4 associations, ingest-to-visible, the QIDO-RS
 study list, series metadata (first request, warm, 16 connections, and its growth with series
-size), frames (single-frame and frame N of a multi-frame instance), whole-series retrieve, and
-the peak memory of each server's processes. A table (ratio > 1: pacsflow is better) is printed
-and written, with everything measured, to tests/bench/results/versus-<time>.json.
+size), frames (single-frame and frame N of a multi-frame instance), whole-series retrieve,
+STOW-RS (512x512 CT, 10 instances a request, 1 and 4 requests in flight, a new series each
+round, the servers alternating), pacsflow's store-acknowledged -> visible latency in QIDO-RS and
+in the series metadata for C-STORE and STOW-RS (tests/bench/visibility.py), and the peak memory
+of each server's processes. A table (ratio > 1: pacsflow is better) is printed and written, with
+everything measured, to tests/bench/results/versus-<time>.json.
 
     python -m tests.bench.versus [--big 500] [--growth 100,500,2000] [--profile retrieve,frames,...]
+    python -m tests.bench.versus --only stow,latency [--stow 500] [--rounds 3] [--latency 50]
+    python -m tests.bench.versus --quick     # tiny sizes: checks the bench runs, figures mean nothing
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -40,9 +47,11 @@ from typing import Any
 import asyncpg
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, JPEGLSLossless, MRImageStorage
 from pynetdicom import AE
 
+from tests.bench import stow, visibility
 from tests.bench.read import OHIF_FRAMES, OHIF_STUDY_LIST, WRK, load, pct, wrk
 from tests.support import dicomdata
 from tests.support.services import DCMTK, free_port, port_open, wait_for
@@ -54,6 +63,9 @@ ORTHANC = Path("/usr/sbin/Orthanc")
 ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 SEED = 20261124
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+# Debian's dcmtk (storescu, and Orthanc's DICOM server) leaves Nagle's algorithm on unless told:
+# every C-STORE would then wait for a delayed ACK, about 10x slower. Orthanc's users are told to set it.
+NO_NAGLE = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def say(message: str) -> None:
@@ -283,6 +295,7 @@ def start_orthanc(work: Path) -> Server:
     log = (work / "orthanc.log").open("wb")
     process = subprocess.Popen(
         [str(ORTHANC), str(folder / "orthanc.json")],
+        env=NO_NAGLE,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -314,6 +327,7 @@ def storescu(server: Server, files: Sequence[Path], associations: int) -> float:
                 str(server.dicom_port),
                 *map(str, g),
             ],
+            env=NO_NAGLE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -470,6 +484,117 @@ def ingest(bench: Bench, files: list[Path], series: list[Series], associations: 
     )
 
 
+STOW_PER_REQUEST = 10
+STOW_CONCURRENCY = (1, 4)
+
+
+def _ct(study: str, series: str, number: int) -> Dataset:
+    """An instance of the big series' kind (512x512 CT): what uploads and modalities send."""
+    return dicomdata.image(CTImageStorage, study, series, f"{series}.{number}", number,
+                           patient_id="PAT-CT", rows=512, columns=512)  # fmt: skip
+
+
+def stow_series(number: int, count: int) -> tuple[Series, list[stow.Body]]:
+    """``count`` instances of a new series, ``STOW_PER_REQUEST`` to a request."""
+    study, series = _uid(number), _uid(number, 1)
+    bodies = [
+        stow.body([dicomdata.encode(_ct(study, series, n))
+                   for n in range(first, min(first + STOW_PER_REQUEST, count + 1))])
+        for first in range(1, count + 1, STOW_PER_REQUEST)
+    ]  # fmt: skip
+    return Series(f"stow-{number}", study, series, count, ()), bodies
+
+
+def settled(server: Server, series: Series) -> bool:
+    """All of ``series`` in its series metadata: pacsflow writes it after the fact, and that
+    work must not overlap the next measurement."""
+    url = f"{server.dicomweb}/studies/{series.study}/series/{series.series}/metadata"
+    try:
+        return len(get_json(url)) >= series.count
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Upload:
+    seconds: float
+    visible_after_s: float
+    size: int
+
+    def rate(self, count: int) -> float:
+        return count / self.seconds
+
+    def mb_s(self) -> float:
+        return self.size / self.seconds / 1e6
+
+
+def stow_phase(bench: Bench, count: int, rounds: int) -> dict[str, Any]:
+    """STOW-RS as an uploader sends: ``STOW_PER_REQUEST`` instances a request, 1 and 4 requests
+    in flight. Each round is a new series (Orthanc answers a copy of an instance it holds without
+    storing it again), sent to one server then the other, the order alternating between rounds;
+    before the next send, the server shows everything in QIDO-RS and in the series metadata."""
+    seen: dict[str, Any] = {}
+    for concurrency in STOW_CONCURRENCY:
+        uploads: dict[str, list[Upload]] = {s.name: [] for s in bench.servers}
+        for turn in range(rounds):
+            series, bodies = stow_series(100 + 10 * concurrency + turn, count)
+            for server in bench.servers if turn % 2 == 0 else bench.servers[::-1]:
+                url = f"{server.dicomweb}/studies"
+                seconds, spent = asyncio.run(stow.post_all(url, bodies, concurrency))
+                after = time_to_visible(server, [series], time.perf_counter())
+                what = f"{server.name}'s metadata of {series.name}"
+                wait_for(lambda s=server, se=series: settled(s, se), 300, what, 0.1)
+                uploads[server.name].append(Upload(seconds, after, sum(b.size for b in bodies)))
+                say(f"  {server.name}: {count} instances in {len(bodies)} requests, {concurrency} at a time, "
+                    f"{seconds:.1f} s (a request: p50 {pct(spent, 0.5):.0f} ms, p99 {pct(spent, 0.99):.0f} "
+                    f"ms); all visible {after:.2f} s after the last answer")  # fmt: skip
+            del bodies
+        mine, theirs = (uploads[s.name] for s in bench.servers)
+
+        def both(
+            of: Callable[[Upload], float], a: list[Upload] = mine, b: list[Upload] = theirs
+        ) -> tuple[float, float]:
+            return statistics.median(map(of, a)), statistics.median(map(of, b))
+
+        name = f"STOW-RS, {STOW_PER_REQUEST} instances a request, {concurrency} at a time"
+        bench.add(name, "instances/s", both(lambda u: u.rate(count)), True)
+        bench.add(name, "MB/s", both(Upload.mb_s), True)
+        sent = f"{count} sent by STOW-RS, {concurrency} at a time"
+        # ms: Orthanc's figure, a few ms, would round to 0 s.
+        bench.add(f"{sent}: all visible in QIDO-RS, after the last answer", "ms",
+                  both(lambda u: u.visible_after_s * 1000), False)  # fmt: skip
+        seen[str(concurrency)] = {
+            server: [{k: round(v, 3) for k, v in u.__dict__.items()} for u in found]
+            for server, found in uploads.items()
+        }
+    return {"instances": count, "per_request": STOW_PER_REQUEST, "rounds": rounds, "by_concurrency": seen}
+
+
+def latency_phase(pacsflow: Server, count: int) -> dict[str, Any]:
+    """pacsflow, store acknowledged -> visible in QIDO-RS and in the series metadata, each
+    instance alone (see tests/bench/visibility.py), by C-STORE and by STOW-RS (one instance a
+    request); each protocol into a series of its own."""
+    jitter = random.Random(SEED)
+    pauses = [jitter.uniform(0.3, 0.7) for _ in range(count)]
+    found = {}
+    cstore = visibility.Target(pacsflow.dicomweb, _uid(200), _uid(200, 1))
+    datasets = [_ct(cstore.study, cstore.series, n) for n in range(1, count + 1)]
+    found["C-STORE"] = visibility.after_cstore(cstore, pacsflow.dicom_port, datasets, pauses)
+    del datasets
+    by_stow = visibility.Target(pacsflow.dicomweb, _uid(201), _uid(201, 1))
+    bodies = [(f"{by_stow.series}.{n}", stow.body([dicomdata.encode(_ct(by_stow.study, by_stow.series, n))]))
+              for n in range(1, count + 1)]  # fmt: skip
+    found["STOW-RS"] = visibility.after_stow(by_stow, bodies, pauses)
+    out: dict[str, Any] = {"instances": count, "poll_ms": visibility.POLL_S * 1000}
+    for protocol, sent in found.items():
+        out[protocol] = visibility.summary(sent)
+        for where, label in (("qido", "in QIDO-RS"), ("metadata", "in the series metadata")):
+            figures = out[protocol][where]
+            say(f"  {protocol} acknowledged -> visible {label}: p50 {figures['p50']:.0f} ms, "
+                f"p99 {figures['p99']:.0f} ms, max {figures['max']:.0f} ms")  # fmt: skip
+    return out
+
+
 def sample_memory(servers: Sequence[Server], stop: list[bool]) -> None:
     while not stop:
         for server in servers:
@@ -477,36 +602,102 @@ def sample_memory(servers: Sequence[Server], stop: list[bool]) -> None:
         time.sleep(0.5)
 
 
+PHASES = ("ingest", "metadata", "qido", "frames", "retrieve", "stow", "latency")
+READS = {"metadata", "qido", "frames", "retrieve"}  # they read what ingest stored
+
+
+def phases(only: str, profiles: str) -> set[str]:
+    wanted = set(filter(None, only.split(","))) if only else set(PHASES)
+    unknown = wanted - set(PHASES)
+    if unknown:
+        raise SystemExit(
+            f"--only: unknown phase(s) {', '.join(sorted(unknown))}; choose from {','.join(PHASES)}"
+        )
+    if wanted & READS or profiles:
+        wanted.add("ingest")
+    return wanted
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    growth = [int(n) for n in args.growth.split(",")]
-    data = make_data(args.big, growth, args.frames)
-    if not Path(WRK).exists():
+    wanted = phases(args.only, args.profile)
+    say(f"phases: {', '.join(p for p in PHASES if p in wanted)}")
+    data = (
+        make_data(args.big, [int(n) for n in args.growth.split(",")], args.frames)
+        if "ingest" in wanted
+        else None
+    )
+    if (wanted & READS or args.profile) and not Path(WRK).exists():
         raise SystemExit("wrk is not installed: `make bench` installs it (Debian's wrk)")
+    (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pacsflow-versus-", dir=ROOT / "var" / "bench"))
     servers: list[Server] = []
     stop: list[bool] = []
+    result: dict[str, Any] = {"phases": [p for p in PHASES if p in wanted]}
     try:
         pacsflow, dsn = start_pacsflow(work)
         servers.append(pacsflow)
-        orthanc = start_orthanc(work)
-        servers.append(orthanc)
+        orthanc = start_orthanc(work) if wanted - {"latency"} else None
+        if orthanc:
+            servers.append(orthanc)
         sampler = threading.Thread(target=sample_memory, args=(servers, stop), daemon=True)
         sampler.start()
-        bench = Bench(pacsflow, orthanc, args.requests)
-        say("ingest (dcmtk storescu; each server in turn) ...")
-        big = data.big
-        ingest(bench, list(big.files), [big], 1)
-        rest = [s for s in data.every() if s is not big and s.name != "jpegls"]
-        compressed = next(s for s in data.every() if s.name == "jpegls")
-        for server in servers:
-            send_as_stored(server, compressed.files, JPEGLSLossless)
-        ingest(bench, [f for s in rest for f in s.files], rest, 4)
-        indexed = asyncio.run(_indexed_latencies(dsn))
-        say(
-            f"  pacsflow ingest-to-visible per instance: p50 {pct(indexed, 0.5):.0f} ms, "
-            f"p99 {pct(indexed, 0.99):.0f} ms ({len(indexed)} instances; Orthanc: visible when stored)"
-        )
+        bench = Bench(pacsflow, orthanc, args.requests) if orthanc else None
+        if bench and data:
+            result |= reads(bench, data, dsn, wanted)
+        if bench and "stow" in wanted:
+            say(f"STOW-RS ({args.stow} instances, {STOW_PER_REQUEST} a request; each server in turn) ...")
+            result["stow"] = stow_phase(bench, args.stow, args.rounds)
+        if "latency" in wanted:
+            say(f"pacsflow: store acknowledged -> visible ({args.latency} instances, one at a time) ...")
+            result["acknowledged_to_visible_ms"] = latency_phase(pacsflow, args.latency)
+        stop.append(True)
+        sampler.join()
+        if bench and orthanc:
+            bench.add("peak memory of all the server's processes", "MB",
+                      (pacsflow.peak_rss / 1e6, orthanc.peak_rss / 1e6), False)  # fmt: skip
+        say("  pacsflow's processes at their peak:")
+        for name, peak in sorted(pacsflow.peak_by_process.items(), key=lambda item: -item[1])[:8]:
+            say(f"    pacsflow {name}: {peak / 1e6:.0f} MB")
+        for what in filter(None, args.profile.split(",")):
+            assert data is not None  # phases() adds ingest for a profile
+            profile(what, pacsflow, data)
+        return result | {
+            "rows": [{**r.__dict__, "ratio": round(r.ratio, 2)} for r in (bench.rows if bench else [])],
+            "peak_rss_by_process_mb": {
+                server.name: {k: round(v / 1e6) for k, v in sorted(server.peak_by_process.items())}
+                for server in servers
+            },
+            "data": {s.name: {"instances": s.count, "bytes": s.bytes} for s in data.every()} if data else {},
+            "orthanc": {"SeriesMetadata": "Full", "StudiesMetadata": "Full", "SyncStorageArea": True,
+                        "TCP_NODELAY": 1},
+        }  # fmt: skip
+    finally:
+        stop.append(True)
+        for server in reversed(servers):
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def reads(bench: Bench, data: DataSet, dsn: str, wanted: set[str]) -> dict[str, Any]:
+    """C-STORE ingest of the data set, then the read phases in ``wanted`` on what it stored."""
+    pacsflow, servers = bench.servers[0], bench.servers
+    out: dict[str, Any] = {}
+    say("ingest (dcmtk storescu; each server in turn) ...")
+    big = data.big
+    ingest(bench, list(big.files), [big], 1)
+    rest = [s for s in data.every() if s is not big and s.name != "jpegls"]
+    compressed = next(s for s in data.every() if s.name == "jpegls")
+    for server in servers:
+        send_as_stored(server, compressed.files, JPEGLSLossless)
+    ingest(bench, [f for s in rest for f in s.files], rest, 4)
+    indexed = asyncio.run(_indexed_latencies(dsn))
+    say(
+        f"  pacsflow ingest-to-visible per instance: p50 {pct(indexed, 0.5):.0f} ms, "
+        f"p99 {pct(indexed, 0.99):.0f} ms ({len(indexed)} instances; Orthanc: visible when stored)"
+    )
+    out["pacsflow_ingest_to_visible_ms"] = {"p50": pct(indexed, 0.5), "p99": pct(indexed, 0.99)}
+
+    if "metadata" in wanted:
         say("series metadata ...")
         for count, series in sorted(data.growth.items()):
             url = {
@@ -522,9 +713,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 warm = [pct(latencies(url[s.name], max(5, self_bound(count)), gzip), 0.5) for s in servers]
                 bench.add(f"series metadata, {count} instances: warm p50", "ms", (warm[0], warm[1]), False)
 
+    if "qido" in wanted:
         say("QIDO-RS study list (OHIF's query) ...")
         bench.load_metric("QIDO-RS study list", lambda s: [f"{s.dicomweb}/studies?{OHIF_STUDY_LIST}"], {})
 
+    if "frames" in wanted:
         say("frames (OHIF's Accept) ...")
         instances = [
             f"studies/{big.study}/series/{big.series}/instances/{big.series}.{n}"
@@ -542,6 +735,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spent = [pct(latencies(mf_url[s.name], 50, accept), 0.5) for s in servers]
         bench.add(f"frame {n} of a {data.frames}-frame instance: p50", "ms", (spent[0], spent[1]), False)
 
+    if "retrieve" in wanted:
         say("whole-series retrieve ...")
 
         def retrieve(server: Server) -> float:
@@ -553,32 +747,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         subprocess.run(["cat", *map(str, pacsflow.storage.rglob(f"{big.series}/*.dcm"))],
                        stdout=subprocess.DEVNULL, check=True)  # fmt: skip
-        cat_mb_s = big.bytes / (time.perf_counter() - started) / 1e6
-        say(f"  `cat` of the same files (page cache): {cat_mb_s:.0f} MB/s")
-        stop.append(True)
-        sampler.join()
-        bench.add("peak memory of all the server's processes", "MB",
-                  (pacsflow.peak_rss / 1e6, orthanc.peak_rss / 1e6), False)  # fmt: skip
-        for name, peak in sorted(pacsflow.peak_by_process.items(), key=lambda item: -item[1])[:8]:
-            say(f"    pacsflow {name}: {peak / 1e6:.0f} MB")
-        for what in filter(None, args.profile.split(",")):
-            profile(what, pacsflow, data)
-        return {
-            "rows": [{**r.__dict__, "ratio": round(r.ratio, 2)} for r in bench.rows],
-            "pacsflow_ingest_to_visible_ms": {"p50": pct(indexed, 0.5), "p99": pct(indexed, 0.99)},
-            "cat_mb_s": round(cat_mb_s),
-            "peak_rss_by_process_mb": {
-                server.name: {k: round(v / 1e6) for k, v in sorted(server.peak_by_process.items())}
-                for server in servers
-            },
-            "data": {s.name: {"instances": s.count, "bytes": s.bytes} for s in data.every()},
-            "orthanc": {"SeriesMetadata": "Full", "StudiesMetadata": "Full", "SyncStorageArea": True},
-        }
-    finally:
-        stop.append(True)
-        for server in reversed(servers):
-            server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        out["cat_mb_s"] = round(big.bytes / (time.perf_counter() - started) / 1e6)
+        say(f"  `cat` of the same files (page cache): {out['cat_mb_s']} MB/s")
+    return out
 
 
 def self_bound(count: int) -> int:
@@ -640,12 +811,12 @@ def profile(what: str, pacsflow: Server, data: DataSet) -> None:
     inclusive: dict[str, int] = {}
     total = 0
     for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
+        stack, _, samples = line.rpartition(" ")
         if stack.endswith("_worker (concurrent/futures/thread.py:81)"):
             continue  # an idle thread of the pool, waiting for work
-        total += int(count)
+        total += int(samples)
         for frame in set(stack.split(";")):
-            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+            inclusive[frame] = inclusive.get(frame, 0) + int(samples)
     say(f"  profile of {what} ({total} busy samples; raw in {out.relative_to(ROOT)}):")
     for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:25]:
         say(f"    {count / max(total, 1) * 100:5.1f}%  {frame}")
@@ -657,6 +828,9 @@ def report(result: dict[str, Any]) -> Iterator[str]:
     for row in result["rows"]:
         unit = row["unit"]
         yield f"| {row['metric']} ({unit}) | {row['pacsflow']:g} | {row['orthanc']:g} | {row['ratio']:.2f} |"
+
+
+QUICK = {"big": 20, "growth": "20", "frames": 10, "requests": 20, "stow": 40, "rounds": 1, "latency": 5}
 
 
 def main() -> None:
@@ -672,23 +846,55 @@ def main() -> None:
         default="",
         help=f"at the end, profile pacsflow's web server under these loads ({','.join(PROFILES)})",
     )
+    parser.add_argument(
+        "--only", default="", help=f"these phases only, e.g. stow,latency ({','.join(PHASES)})"
+    )
+    parser.add_argument("--stow", type=int, default=500, help="instances of each STOW-RS round (512x512 CT)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="STOW-RS rounds per concurrency, servers alternating"
+    )
+    parser.add_argument("--latency", type=int, default=50, help="instances sent one at a time per protocol")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes to check the bench works, not figures"
+    )
     args = parser.parse_args()
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     started = time.perf_counter()
     result = run(args)
     result["when"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["seconds"] = round(time.perf_counter() - started)
+    result["settings"] = {k: v for k, v in vars(args).items()}
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"versus-{result['when'].replace(':', '')}.json"
+    out = RESULTS / f"versus-{'quick-' if args.quick else ''}{result['when'].replace(':', '')}.json"
     out.write_text(json.dumps(result, indent=2))
     say("")
-    for line in report(result):
-        say(line)
-    visible = result["pacsflow_ingest_to_visible_ms"]
-    say(
-        f"\npacsflow, each instance from received to visible in QIDO-RS: p50 {visible['p50']:.0f} ms, "
-        f"p99 {visible['p99']:.0f} ms (Orthanc: visible when the C-STORE is answered). "
-        f"`cat` reads the big series at {result['cat_mb_s']} MB/s."
-    )
+    if result["rows"]:
+        for line in report(result):
+            say(line)
+    if "pacsflow_ingest_to_visible_ms" in result:
+        visible = result["pacsflow_ingest_to_visible_ms"]
+        say(
+            f"\npacsflow, each instance from received to visible in QIDO-RS: p50 {visible['p50']:.0f} ms, "
+            f"p99 {visible['p99']:.0f} ms (Orthanc: visible when the C-STORE is answered)."
+        )
+    if "cat_mb_s" in result:
+        say(f"`cat` reads the big series at {result['cat_mb_s']} MB/s.")
+    if "acknowledged_to_visible_ms" in result:
+        found = result["acknowledged_to_visible_ms"]
+        say(f"\npacsflow, store acknowledged -> visible ({found['instances']} instances a protocol, one "
+            f"at a time, polled every {found['poll_ms']:.0f} ms; Orthanc: visible when the store is "
+            "answered):")  # fmt: skip
+        say("| protocol | in QIDO-RS p50 / p99 (ms) | in the series metadata p50 / p99 (ms) |")
+        say("|---|---|---|")
+        for protocol in ("C-STORE", "STOW-RS"):
+            cells = [
+                f"{found[protocol][w]['p50']:.0f} / {found[protocol][w]['p99']:.0f}"
+                for w in ("qido", "metadata")
+            ]
+            say(f"| {protocol} | {' | '.join(cells)} |")
     say(f"\n{result['seconds']} s; results in {out.relative_to(ROOT)}")
 
 

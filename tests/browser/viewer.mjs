@@ -1,9 +1,12 @@
-// Drives Debian's chromium through OHIF as a person would: the study list, then one study.
+// Drives Debian's chromium through OHIF as a person would: the study list, then one study, then
+// (with `upload`) a file sent through the study list's upload dialog.
 // tests/e2e/test_viewer.py runs it and checks what it reports; it asserts nothing itself.
 //
 //   node tests/browser/viewer.mjs '<json>'   with url, patient, absent, seriesUid, frames, out, chromium
+//                                            and optionally upload: {file, patient}
 //
-// Writes <out>/study-list.png, <out>/study.png and prints one JSON report on stdout.
+// Writes <out>/study-list.png, <out>/study.png (and <out>/upload.png) and prints one JSON report on
+// stdout.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,12 +24,17 @@ const report = {
   consoleErrors: [],
   canvas: null,
   steps: [],
-  // What the browser sent as Origin to DICOMweb, and what came back as Access-Control-Allow-Origin.
+  // What the browser sent as Origin on its DICOMweb reads, and what came back as
+  // Access-Control-Allow-Origin (a browser sends Origin on every POST, same origin or not).
   dicomwebOrigins: {},
   // Every finished request, in ms from the first navigation: where the time went.
   timeline: [],
   harnessErrors: [],
   allowedOrigins: {},
+  // Requests other than reads (GET, HEAD), with their Origin and Access-Control-Allow-Origin: the
+  // upload's STOW-RS. A CORS preflight is the browser's own and never shows here.
+  writes: [],
+  upload: null,
 };
 const step = (name) => report.steps.push(name);
 
@@ -68,13 +76,19 @@ try {
       startMs: Math.round(timing.startTime - start),
       endMs: Math.round(timing.startTime + timing.responseEnd - start),
     });
-    if (!request.url().includes('/dicomweb/')) return;
+    const method = request.method();
+    const read = method === 'GET' || method === 'HEAD';
+    if (read && !request.url().includes('/dicomweb/')) return;
     try {
       const sent = (await request.allHeaders()).origin ?? '(none)';
-      report.dicomwebOrigins[sent] = (report.dicomwebOrigins[sent] ?? 0) + 1;
       const response = await request.response();
       const allowed = (response && (await response.headerValue('access-control-allow-origin'))) ?? '(none)';
-      report.allowedOrigins[allowed] = (report.allowedOrigins[allowed] ?? 0) + 1;
+      if (read) {
+        report.dicomwebOrigins[sent] = (report.dicomwebOrigins[sent] ?? 0) + 1;
+        report.allowedOrigins[allowed] = (report.allowedOrigins[allowed] ?? 0) + 1;
+      } else {
+        report.writes.push({ method, url: request.url(), status: response?.status(), origin: sent, allowed });
+      }
     } catch (error) {
       report.harnessErrors.push(`reading ${request.url()}: ${error}`);
     }
@@ -159,6 +173,10 @@ try {
   report.timings.studyListAgainMs = Date.now() - again;
   step('study list shown again');
   await quiet(() => inFlight);
+  if (job.upload) {
+    await upload(page, job.upload, () => inFlight);
+    await quiet(() => inFlight);
+  }
   // Listeners still reading headers finish before the browser goes.
   await page.removeAllListeners('requestfinished', { behavior: 'wait' });
 } catch (error) {
@@ -167,6 +185,88 @@ try {
   await browser.close();
 }
 process.stdout.write(JSON.stringify(report) + '\n');
+
+// The study list's "Upload" button (OHIF shows it when the data source has dicomUploadEnabled)
+// opens the "Upload files" dialog; a file set on its "Add files" input is sent with STOW-RS at once.
+async function upload(page, { file, patient }, inFlight) {
+  const listed = page.getByText(patient).first();
+  report.upload = { listedBefore: (await page.getByText(patient).count()) > 0, reloads: 0 };
+  const button = page.getByRole('button', { name: 'Upload', exact: true });
+  // The list is on screen already: the button is there at once or not at all.
+  await button.waitFor({ state: 'visible', timeout: 10_000 }).catch(() => {
+    throw new Error("OHIF's study list has no Upload button: set dicomUploadEnabled in its data source");
+  });
+  await button.click();
+  const dialog = page.getByRole('dialog', { name: 'Upload files' });
+  await dialog.waitFor({ state: 'visible', timeout });
+  step('upload dialog opened');
+  const began = Date.now();
+  let posted = false;
+  page.on('request', (request) => (posted ||= request.method() === 'POST'));
+  const stow = page.waitForResponse((response) => response.request().method() === 'POST', { timeout });
+  // Two hidden inputs: "Add files" and "Add folder" (webkitdirectory); the first takes a file.
+  await dialog.getByRole('button', { name: 'Add files' }).locator('input[type=file]').setInputFiles(file);
+  // The dialog counts a file as completed whether it was stored or not, then says which. A file
+  // OHIF itself refuses (not DICOM) completes without any request.
+  const outcome = dialog.getByText(/^Completed(!| with \d+ errors?!)$/);
+  await outcome.waitFor({ state: 'visible', timeout });
+  report.upload.ms = Date.now() - began;
+  if (posted) {
+    const response = await stow;
+    report.upload.post = {
+      url: response.url(),
+      status: response.status(),
+      contentType: (await response.request().headerValue('content-type')) ?? '(none)',
+      answerType: (await response.headerValue('content-type')) ?? '(none)',
+      answer: await response.text().catch((error) => `(unreadable: ${error})`),
+    };
+  } else {
+    stow.catch(() => {});
+    report.upload.post = null;
+  }
+  report.upload.outcome = await outcome.textContent();
+  const summary = dialog.getByText(/^\d+ files? completed\.$/);
+  report.upload.summary = await summary.textContent();
+  // Each failed file's reason, in the one element OHIF gives no role or test id.
+  report.upload.failures = await dialog.locator('.pl-10').allTextContents();
+  step('upload completed in the dialog');
+  await page.screenshot({ path: join(job.out, 'upload.png') });
+  // That "Close" (not the dialog's corner X) also queries the study list again.
+  let query = studySearch(page);
+  await summary.locator('..').getByRole('button', { name: 'Close', exact: true }).click();
+  await dialog.waitFor({ state: 'hidden', timeout });
+  // STOW answers once the file is safe; it is indexed a moment later, so the list OHIF read on
+  // closing may predate it. A person would reload the list, so the harness does, until a deadline.
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    await query;
+    // The list is drawn from that answer: a short wait for React, not for the server.
+    const shown = await listed.waitFor({ state: 'visible', timeout: 5_000 }).then(
+      () => true,
+      () => false,
+    );
+    if (shown || Date.now() > deadline) {
+      report.upload.listed = shown;
+      break;
+    }
+    await quiet(inFlight);
+    query = studySearch(page);
+    await page.reload({ waitUntil: 'commit', timeout });
+    report.upload.reloads++;
+  }
+  if (report.upload.listed) step('uploaded study listed');
+}
+
+// The next answer to the study list's QIDO-RS search (null if none came).
+function studySearch(page) {
+  return page
+    .waitForResponse(
+      (response) =>
+        response.request().method() === 'GET' && new URL(response.url()).pathname.endsWith('/dicomweb/studies'),
+      { timeout },
+    )
+    .catch(() => null);
+}
 
 // Resolves once no request has been in flight for half a second (or after 30 s, noted).
 async function quiet(inFlight) {

@@ -1,5 +1,6 @@
 """OHIF in a real browser against a running `pacsflow dev`: served by pacsflow, and from another
-origin as a hospital's own OHIF deployment would be.
+origin as a hospital's own OHIF deployment would be; in both, a new study uploaded through OHIF's
+upload dialog (STOW-RS) is then listed.
 
 Debian's chromium is driven by playwright-core (`tests/browser/viewer.mjs`, installed by `make
 install` from `tests/browser/package-lock.json`). The script reports what the browser saw and
@@ -43,7 +44,7 @@ class Study:
     slices: int
     study: str
     series: str
-    called: str  # the AE title storescu calls: it picks the tenant
+    called: str | None  # the AE title storescu calls: it picks the tenant; None: uploaded in OHIF
     tenant: str | None  # None: the default tenant
 
     @property
@@ -55,6 +56,9 @@ class Study:
 
 DEFAULT = Study("Phantom^Pacsflow", 100, uid(880, 1), uid(880, 1, 1), "PACSFLOW", None)
 ALPHA = Study("Alpha^Tenant", 20, uid(880, 2), uid(880, 2, 1), "ALPHA", "alpha")
+# Not stored beforehand: each is sent by OHIF's upload dialog in one run, to the default tenant.
+UPLOADED = Study("Uploaded^Sameorigin", 1, uid(880, 3), uid(880, 3, 1), None, None)
+UPLOADED_ELSEWHERE = Study("Uploaded^Crossorigin", 1, uid(880, 4), uid(880, 4, 1), None, None)
 
 
 def _node_major() -> int:
@@ -92,6 +96,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, StaticS
 def _with_studies(running: Dev, tmp: Path, site: StaticSite) -> Iterator[tuple[Dev, StaticSite]]:
     try:
         for study in (DEFAULT, ALPHA):
+            assert study.called is not None
             datasets = dicomdata.phantom_ct(study.study, study.series, study.slices, study.patient)
             sent = storescu(
                 running.scp_port, dicomdata.write_all(datasets, tmp / study.called), called=study.called
@@ -117,19 +122,29 @@ def _indexed(port: int, study: Study) -> int:
     return int(found[0]["00201208"]["Value"][0]) if found else 0
 
 
-def _browse(url: str, run: str, study: Study, absent: Study) -> dict[str, object]:
+def _upload_file(study: Study, directory: Path) -> Path:
+    """One instance of a new study, small (256 x 256) so that the upload is quick."""
+    [instance] = dicomdata.phantom_ct(study.study, study.series, study.slices, study.patient, size=256)
+    return dicomdata.write(instance, directory / f"{study.study}.dcm")
+
+
+def _browse(
+    url: str, run: str, study: Study, absent: list[Study], upload: tuple[Study, Path] | None = None
+) -> dict[str, object]:
     out = RESULTS / run
     shutil.rmtree(out, ignore_errors=True)
-    job = {
+    job: dict[str, object] = {
         "url": url,
         "patient": study.listed_as,
-        "absent": [absent.listed_as],
+        "absent": [other.listed_as for other in absent],
         "seriesUid": study.series,
         "frames": study.slices,
         "out": str(out),
         "chromium": str(CHROMIUM),
         "timeoutMs": 120_000,
     }
+    if upload:
+        job["upload"] = {"file": str(upload[1]), "patient": upload[0].listed_as}
     result = subprocess.run(
         ["node", str(BROWSER / "viewer.mjs"), json.dumps(job)], capture_output=True, text=True, timeout=400
     )
@@ -159,35 +174,80 @@ def _check(report: dict[str, object], run: str, study: Study) -> None:
     }
     canvas = report["canvas"]
     assert isinstance(canvas, dict) and canvas["colours"] > 2, canvas
-    for shot in ("study-list.png", "study.png"):
+    shots = ["study-list.png", "study.png"] + (["upload.png"] if report["upload"] else [])
+    for shot in shots:
         with Image.open(RESULTS / run / shot) as image:
             assert image.size == (1440, 900)
             # Not a blank page: a screenshot of OHIF has its dark background and much else.
             assert len(image.convert("L").getcolors(maxcolors=65536) or ()) > 20, shot
 
 
-def test_the_viewer_served_by_pacsflow_lists_opens_and_loads_a_100_slice_series(
-    dev: tuple[Dev, StaticSite],
+def _check_upload(report: dict[str, object], port: int, study: Study, origin: str, allowed: str) -> None:
+    """OHIF sent the file with one STOW-RS POST, pacsflow stored it (200), the dialog said so, and
+    the study list (then QIDO-RS) shows the new study."""
+    upload = report["upload"]
+    assert isinstance(upload, dict), f"no upload: {report['steps']}"
+    assert upload["listedBefore"] is False, "the uploaded study was listed before its upload"
+    post = upload["post"]
+    assert post is not None, f"OHIF sent no request: {upload['failures']}"
+    stow = f"http://127.0.0.1:{port}/dicomweb/studies"
+    assert report["writes"] == [
+        {"method": "POST", "url": stow, "status": 200, "origin": origin, "allowed": allowed}
+    ], report["writes"]
+    assert (post["url"], post["status"]) == (stow, 200), post["answer"]
+    assert post["contentType"].startswith('multipart/related; type="application/dicom"')
+    # The Store Instances Response names the instance stored and no failure.
+    assert post["answerType"].startswith("application/dicom+json"), post["answerType"]
+    answer = json.loads(post["answer"])
+    assert "00081198" not in answer, answer  # FailedSOPSequence
+    stored = [item["00081155"]["Value"][0] for item in answer["00081199"]["Value"]]
+    assert stored == [f"{study.series}.1"], answer
+    assert (upload["outcome"], upload["summary"], upload["failures"]) == (
+        "Completed!",
+        "1 file completed.",
+        [],
+    )
+    assert upload["listed"] is True, f"not listed after {upload['reloads']} reloads"
+    assert _indexed(port, study) == study.slices
+    print(f"{study.patient}: uploaded in {upload['ms']} ms, listed after {upload['reloads']} reloads")
+
+
+def test_the_viewer_served_by_pacsflow_lists_loads_a_100_slice_series_and_uploads_a_study(
+    dev: tuple[Dev, StaticSite], tmp_path: Path
 ) -> None:
     running, _ = dev
-    report = _browse(f"http://127.0.0.1:{running.http_port}/", "same-origin", DEFAULT, ALPHA)
+    assert _indexed(running.http_port, UPLOADED) == 0
+    upload = (UPLOADED, _upload_file(UPLOADED, tmp_path))
+    report = _browse(f"http://127.0.0.1:{running.http_port}/", "same-origin", DEFAULT, [ALPHA], upload)
     _check(report, "same-origin", DEFAULT)
-    # Same origin: the browser sends no Origin on these GETs, and no CORS header is needed.
+    # Same origin: the browser sends no Origin on these GETs, and no CORS header is needed. On a
+    # POST it sends its own origin, which needs no CORS answer either.
     assert set(report["dicomwebOrigins"]) == {"(none)"}  # type: ignore[call-overload]
+    page = f"http://127.0.0.1:{running.http_port}"
+    _check_upload(report, running.http_port, UPLOADED, page, "(none)")
 
 
-def test_a_viewer_on_another_origin_reads_pacsflow_through_cors(dev: tuple[Dev, StaticSite]) -> None:
-    _, site = dev
-    report = _browse(f"{site.origin}/", "cross-origin", DEFAULT, ALPHA)
+def test_a_viewer_on_another_origin_reads_and_uploads_through_cors(
+    dev: tuple[Dev, StaticSite], tmp_path: Path
+) -> None:
+    running, site = dev
+    assert _indexed(running.http_port, UPLOADED_ELSEWHERE) == 0
+    upload = (UPLOADED_ELSEWHERE, _upload_file(UPLOADED_ELSEWHERE, tmp_path))
+    report = _browse(f"{site.origin}/", "cross-origin", DEFAULT, [ALPHA], upload)
     _check(report, "cross-origin", DEFAULT)
     origins = report["dicomwebOrigins"]
     assert isinstance(origins, dict) and set(origins) == {site.origin}, origins
     assert report["allowedOrigins"] == {site.origin: origins[site.origin]}
+    # The upload's POST (multipart/related) needed a preflight, which pacsflow answered.
+    _check_upload(report, running.http_port, UPLOADED_ELSEWHERE, site.origin, site.origin)
 
 
 def test_a_tenant_has_its_own_viewer_at_its_own_path(dev: tuple[Dev, StaticSite]) -> None:
     running, _ = dev
-    report = _browse(f"http://127.0.0.1:{running.http_port}/tenants/alpha/", "tenant", ALPHA, DEFAULT)
+    # The default tenant's studies, uploaded ones included (when their tests ran first), are not
+    # listed for another tenant.
+    others = [DEFAULT, UPLOADED, UPLOADED_ELSEWHERE]
+    report = _browse(f"http://127.0.0.1:{running.http_port}/tenants/alpha/", "tenant", ALPHA, others)
     _check(report, "tenant", ALPHA)
     # Everything the page asked of DICOMweb, it asked of the tenant's.
     timeline = report["timeline"]

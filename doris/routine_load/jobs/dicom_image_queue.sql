@@ -1,7 +1,9 @@
--- Topic dicom_image_queue into table dicom_image_meta: one row per instance, last write wins.
+-- Topic dicom_image_queue into table dicom_image_meta: one row per instance, last write wins;
+-- a record with deleted = 1 removes the row (merge mode: Doris's hidden delete sign).
 -- ${KAFKA_BROKERS} stands for the broker list as the Doris backends reach it, e.g. kafka:9092.
 -- No kafka_partitions: Doris reads every partition of the topic, from the beginning.
 CREATE ROUTINE LOAD medical_image_load ON dicom_image_meta
+WITH MERGE
 COLUMNS (
     tenant_id,
     patient_id,
@@ -40,8 +42,10 @@ COLUMNS (
     image_status,
     space_size,
     created_time,
+    deleted,
     updated_time = NOW()
-)
+),
+DELETE ON deleted = 1
 PROPERTIES (
     "desired_concurrent_number" = "3",
     "max_batch_interval" = "10",

@@ -1,7 +1,9 @@
--- Topic dicom_state_queue into table dicom_state_meta: one row per series, last write wins.
+-- Topic dicom_state_queue into table dicom_state_meta: one row per series, last write wins;
+-- a record with deleted = 1 removes the row (merge mode: Doris's hidden delete sign).
 -- ${KAFKA_BROKERS} stands for the broker list as the Doris backends reach it, e.g. kafka:9092.
 -- No kafka_partitions: Doris reads every partition of the topic, from the beginning.
 CREATE ROUTINE LOAD medical_state_load ON dicom_state_meta
+WITH MERGE
 COLUMNS (
     tenant_id,
     patient_id,
@@ -32,8 +34,10 @@ COLUMNS (
     protocol_name,
     series_related_instances,
     created_time,
+    deleted,
     updated_time = NOW()
-)
+),
+DELETE ON deleted = 1
 PROPERTIES (
     "desired_concurrent_number" = "3",
     "max_batch_interval" = "10",

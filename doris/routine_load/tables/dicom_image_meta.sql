@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS dicom_image_meta (
     image_status VARCHAR(32) COMMENT "Image status",
     space_size BIGINT COMMENT "Occupied space size",
     created_time DATETIME COMMENT "Creation time",
+    deleted TINYINT COMMENT "1 on the record that deleted the instance (never stored: merged as a delete)",
     updated_time DATETIME COMMENT "Update time"
 )
 ENGINE=OLAP

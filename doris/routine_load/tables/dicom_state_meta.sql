@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS dicom_state_meta (
 
     -- Timestamps
     created_time DATETIME NULL,
+    deleted TINYINT NULL COMMENT "1 on the record that deleted the series (never stored: merged as a delete)",
     updated_time DATETIME NULL
 )
 ENGINE=OLAP

@@ -95,7 +95,8 @@ def test_preflight_of_an_allowed_origin() -> None:
             async with client.options(base + path, headers=preflight) as response:
                 assert response.status == 204, path
                 assert response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] == VIEWER
-                assert response.headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS] == "GET, HEAD, POST, OPTIONS"
+                methods = response.headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS]
+                assert methods == "GET, HEAD, POST, DELETE, OPTIONS"
                 assert response.headers[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] == ALLOWED_HEADERS
                 assert response.headers[hdrs.ACCESS_CONTROL_MAX_AGE] == "600"
 

@@ -240,6 +240,7 @@ def test_the_served_configuration_follows_the_page_tenant() -> None:
     assert source["supportsWildcard"] is source["supportsFuzzyMatching"] is True
     assert source["qidoSupportsIncludeField"] is source["enableStudyLazyLoad"] is True
     assert source["bulkDataURI"] == {"enabled": True, "relativeResolution": "studies"}
+    assert source["dicomUploadEnabled"] is True  # OHIF's upload: STOW-RS
     assert _evaluate(script, "http://pacs.local/")["studyPrefetcher"]["enabled"] is True  # type: ignore[index]
     # Behind a proxy that rewrites hosts, PACSFLOW_PUBLIC_URL wins over the page's origin.
     behind = _source(_evaluate(config.served("https://pacs.example.org"), "http://10.0.0.5:8080/tenants/b/"))

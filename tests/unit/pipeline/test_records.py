@@ -6,7 +6,18 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.models import DicomImageMeta, DicomObjectMeta, DicomStateMeta, StorageEvent, WadoAccessLog
+import pytest
+
+from pipeline.models import (
+    ConversionRecord,
+    DeletionEvent,
+    DicomImageMeta,
+    DicomObjectMeta,
+    DicomStateMeta,
+    StorageEvent,
+    WadoAccessLog,
+    storage_queue_record,
+)
 from pipeline.models.formats import doris_date, doris_datetime, uid_hash
 from tests.support.doris import routine_load_columns
 
@@ -81,3 +92,32 @@ def test_doris_formats() -> None:
     assert doris_datetime(datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC)) == "2026-01-02 03:04:05"
     assert len(uid_hash("1.2.840.10008")) <= 20
     assert uid_hash("1.2.3") == uid_hash("1.2.3") != uid_hash("1.2.4")
+
+
+def test_conversion_log_records_are_the_jobs_columns() -> None:
+    assert list(ConversionRecord.field_names()) == routine_load_columns("conversion_log")
+
+
+def test_doris_deletes_are_merged_by_the_deleted_column() -> None:
+    for job in ("dicom_state_queue", "dicom_image_queue"):
+        sql = (ROOT / "doris" / "routine_load" / "jobs" / f"{job}.sql").read_text()
+        assert "WITH MERGE" in sql and "DELETE ON deleted = 1" in sql
+        assert routine_load_columns(job)[-1] == "deleted"
+
+
+def test_storage_queue_holds_stores_and_deletions_and_names_what_is_wrong() -> None:
+    deletion = DeletionEvent(
+        TenantID="default",
+        StudyInstanceUID="1.2",
+        SeriesInstanceUID=None,
+        SopInstanceUID=None,
+        Cutoff="2026-12-02T00:00:00+00:00",
+        RequestedTime="2026-12-02T00:00:00.000000Z",
+        TraceID="t",
+        NodeID="n",
+        SourceIP="127.0.0.1",
+    )
+    assert json.loads(deletion.dumps())["Action"] == "delete"
+    assert storage_queue_record(deletion.dumps()) == deletion
+    with pytest.raises(ValueError, match="not a StorageEvent"):
+        storage_queue_record(b'{"Action": "erase", "TenantID": "default"}')
