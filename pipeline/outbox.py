@@ -4,9 +4,12 @@ Each process that stores instances (the SCP, the web server's STOW) owns one out
 database in WAL mode with ``synchronous=FULL``: when ``append`` returns, the events survive a crash
 or a power cut. A publisher task sends them in the order they were appended and deletes them only
 after the broker acknowledged them, so a broker that is down, hung or restarted costs latency, never
-an event. A process takes the first free slot ``<name>-<n>.sqlite`` (held with ``flock``), so a
-restarted process finds its own leftovers; outboxes of processes that are gone for good (fewer
-replicas than before) are adopted and drained by whichever publisher finds them unlocked.
+an event. Appends that arrive while a commit is under way (other associations, other STOW-RS
+parts) are committed together in the next transaction: one fsync for all of them, each caller still
+returning only once its own messages are durable. A process takes the first free slot
+``<name>-<n>.sqlite`` (held with ``flock``), so a restarted process finds its own leftovers;
+outboxes of processes that are gone for good (fewer replicas than before) are adopted and drained
+by whichever publisher finds them unlocked.
 """
 
 from __future__ import annotations
@@ -58,6 +61,13 @@ class Outbox:
         self.path = path
         self._lock_fd = lock_fd
         self._mutex = threading.Lock()
+        # Group commit: appenders queue their rows; whoever finds no commit under way commits
+        # every queued append in one transaction, and wakes the others with the outcome.
+        self._turn = threading.Condition()
+        self._queued: list[tuple[int, list[tuple[str, bytes, bytes]]]] = []
+        self._committing = False
+        self._tickets = 0
+        self._outcomes: dict[int, Exception | None] = {}
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -89,8 +99,33 @@ class Outbox:
                 yield cls(path, fd)
 
     def append(self, messages: Sequence[Message]) -> None:
-        """Spool ``messages`` in one transaction; durable when this returns."""
+        """Spool ``messages`` in one transaction (with any appended meanwhile); durable when this
+        returns. Raises ``StorageFull`` or ``OutboxError`` when they were not spooled."""
         rows = [(m.topic, m.key, m.value) for m in messages]
+        with self._turn:
+            ticket = self._tickets
+            self._tickets += 1
+            self._queued.append((ticket, rows))
+            while ticket not in self._outcomes:
+                if self._committing:
+                    self._turn.wait()
+                    continue
+                batch, self._queued = self._queued, []
+                self._committing = True
+                self._turn.release()
+                try:
+                    outcome = self._commit([row for _, queued in batch for row in queued])
+                finally:
+                    self._turn.acquire()
+                    self._committing = False
+                for queued_ticket, _ in batch:
+                    self._outcomes[queued_ticket] = outcome
+                self._turn.notify_all()
+            error = self._outcomes.pop(ticket)
+        if error is not None:
+            raise error
+
+    def _commit(self, rows: list[tuple[str, bytes, bytes]]) -> Exception | None:
         with self._mutex:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -99,9 +134,14 @@ class Outbox:
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                if "full" in str(exc):
-                    raise StorageFull(f"no space left for the outbox {self.path}: free disk space") from exc
-                raise OutboxError(f"cannot append to the outbox {self.path}: {exc}") from exc
+                error: Exception = (
+                    StorageFull(f"no space left for the outbox {self.path}: free disk space")
+                    if "full" in str(exc)
+                    else OutboxError(f"cannot append to the outbox {self.path}: {exc}")
+                )
+                error.__cause__ = exc
+                return error
+        return None
 
     def peek(self, limit: int) -> list[tuple[int, Message]]:
         with self._mutex:

@@ -33,6 +33,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydicom import dcmread
 from structlog.contextvars import bound_contextvars
 
+from egress.wado import accept as accept_header
 from egress.wado.access_log import TRACE_ID
 from egress.wado.errors import BadRequest, problem
 from egress.wado.keys import OUTBOX, PUBLISHER, SETTINGS
@@ -106,11 +107,8 @@ def _check_media_types(request: web.Request) -> None:
             text=f"Content-Type {given} is not supported: STOW-RS here takes multipart/related; "
             'type="application/dicom" (DICOM Part 10 files, one per part)'
         )
-    accept = request.headers.get(hdrs.ACCEPT, "")
-    if accept and not any(
-        f"{r.type}/{r.subtype}{'+' + r.suffix if r.suffix else ''}" in _ACCEPTED
-        for r in map(parse_mimetype, accept.split(","))
-    ):
+    accept = request.headers.get(hdrs.ACCEPT)
+    if not any(r.media_type in _ACCEPTED for r in accept_header.parse(accept)):
         raise web.HTTPNotAcceptable(text=f"the answer is {DICOM_JSON}; Accept {accept!r} excludes it")
 
 

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
 import faust
 
 from pipeline import conversion, log, topics
@@ -111,8 +109,8 @@ class Converter:
             copy = result
             recorded = await self.hold.until_done(
                 "database",
-                lambda: self._on_database(
-                    lambda pool: conversions.record_converted(pool, request, copy.syntax, copy.frame_index)
+                lambda: self._database.run(
+                    lambda conn: conversions.record_converted(conn, request, copy.syntax, copy.frame_index)
                 ),
             )
             if recorded:
@@ -123,7 +121,7 @@ class Converter:
         error = result
         recorded = await self.hold.until_done(
             "database",
-            lambda: self._on_database(lambda pool: conversions.record_failed(pool, request, error)),
+            lambda: self._database.run(lambda conn: conversions.record_failed(conn, request, error)),
         )
         return _Outcome(FAILED, result) if recorded else _Outcome(SKIPPED, _REPLACED)
 
@@ -139,7 +137,7 @@ class Converter:
             return f"{type(exc).__name__}: {exc}"
 
     async def _why_skip(self, request: ConversionRequest) -> str | None:
-        row = await self._on_database(lambda pool: conversions.state(pool, request))
+        row = await self._database.run(lambda conn: conversions.state(conn, request))
         if row is None:
             return "the instance is no longer in the index (deleted)"
         if row.trace_id != request.trace_id:
@@ -149,16 +147,6 @@ class Converter:
         if row.conversion_status == CONVERSION_FAILED:
             return "already failed for this store"
         return None
-
-    async def _on_database(self, operation: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-        pool = await self._database.pool()
-        try:
-            return await operation(pool)
-        except Exception:
-            # Held: the next attempt opens new sessions. Open ones keep what they started with (a
-            # read-only default, a server that failed over), and would refuse the same way forever.
-            await pool.expire_connections()
-            raise
 
     async def _publish(self, record: ConversionRecord) -> None:
         sent = await self._log_topic.send(key=topics.study_key(record.study_uid), value=record.dumps())

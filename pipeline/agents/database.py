@@ -4,12 +4,15 @@ errors mean for the event being written."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import faust
 
 from pipeline.retries import describe, until_it_works
 
+T = TypeVar("T")
 DATA_ERROR_CLASSES = ("22", "23")
 """SQLSTATE classes of a statement refused for the values it was given: data exception,
 integrity constraint violation."""
@@ -62,6 +65,18 @@ class Database(faust.Service):
         if self._pool is None:
             raise DatabaseUnavailable(f"no connection to the database yet: {describe(self._failure)}")
         return self._pool
+
+    async def run(self, operation: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``operation`` on a connection of the pool. After a failure, the pool's open sessions
+        are dropped: they keep what they started with (a read-only default, a server that failed
+        over) and would refuse the same way forever, so a held stream retries on new ones."""
+        pool = await self.pool()
+        try:
+            async with pool.acquire() as conn:
+                return await operation(conn)
+        except Exception:
+            await pool.expire_connections()
+            raise
 
     async def on_stop(self) -> None:
         if self._pool is not None:

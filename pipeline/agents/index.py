@@ -165,7 +165,7 @@ class Indexer:
             return 1
         gone = await self._retry(
             "database",
-            lambda: self._on_connection(lambda c: postgres.doomed(c, tenant, study, series, sop, cutoff)),
+            lambda: self._database.run(lambda c: postgres.doomed(c, tenant, study, series, sop, cutoff)),
         )
         await self._retry("storage", lambda: asyncio.to_thread(self._remove_files, gone))
 
@@ -182,7 +182,7 @@ class Indexer:
                 )
                 return deleted
 
-        deleted: postgres.Deleted = await self._retry("database", lambda: self._on_connection(rows))
+        deleted: postgres.Deleted = await self._retry("database", lambda: self._database.run(rows))
         touched = sorted({g.series_uid for g in gone})
         await self._cache.invalidate_metadata(tenant, study, touched)
         await self._retry("broker", lambda: self._publish_deletion(tenant, study, gone, deleted))
@@ -199,15 +199,6 @@ class Indexer:
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return 0
-
-    async def _on_connection(self, operation: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
-        pool = await self._database.pool()
-        try:
-            async with pool.acquire() as conn:
-                return await operation(conn)
-        except Exception:
-            await pool.expire_connections()  # as in _write: a held stream retries on new sessions
-            raise
 
     def _remove_files(self, gone: Sequence[postgres.DoomedInstance]) -> None:
         paths = [self._layout.root / item.file_path for item in gone]
@@ -304,15 +295,7 @@ class Indexer:
     async def _write(self, batch: Sequence[_Indexed]) -> tuple[list[postgres.SeriesCount], list[Dead]]:
         if not batch:
             return [], []
-        pool = await self._database.pool()
-        try:
-            async with pool.acquire() as conn:
-                return await self._upsert(conn, batch)
-        except Exception:
-            # Held: the next attempt opens new sessions. Open ones keep what they started with (a
-            # read-only default, a server that failed over), and would refuse the same way forever.
-            await pool.expire_connections()
-            raise
+        return await self._database.run(lambda conn: self._upsert(conn, batch))
 
     async def _upsert(
         self, conn: asyncpg.Connection, batch: Sequence[_Indexed]

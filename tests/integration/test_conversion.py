@@ -25,8 +25,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from pipeline.models import ConversionRequest
 from pipeline.settings import CORNERSTONE_SYNTAXES
-from pipeline.stores.postgres import migrate
-from tests.conftest import query, scratch_database
+from tests.conftest import query
 from tests.integration.test_wado_metadata import get
 from tests.integration.test_wado_read import dataset_bytes_of, parts
 from tests.support import dicomdata
@@ -34,7 +33,7 @@ from tests.support.dicomdata import dataset_bytes, uid
 from tests.support.dimse import store_one
 from tests.support.doris import routine_load_columns
 from tests.support.services import Broker, pacsflow, wait_for
-from tests.support.stack import indexed, running
+from tests.support.stack import indexed, on_a_new_database
 
 pytestmark = [pytest.mark.broker]
 
@@ -93,32 +92,27 @@ def corrupt_rle(stack: Stack) -> Dataset:
 @pytest.fixture(scope="module")
 def stack(broker: Broker, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("conversion")
-    with scratch_database() as dsn:
-        asyncio.run(migrate(dsn))
-        with running(
-            broker.bootstrap,
-            redis_url,
-            tmp,
-            dsn,
-            common={"PACSFLOW_VIEWER_SYNTAXES": VIEWER_SYNTAXES},
-            web={"PACSFLOW_VIEWER": "off"},
-        ) as services:
-            stack = Stack(services.base, dsn, tmp / "storage", broker.bootstrap, uuid.uuid4().int % 10**12)
-            for position, (ds, syntax) in enumerate(
-                (
-                    (rle(stack), RLELossless),
-                    (corrupt_rle(stack), RLELossless),
-                    (_instance(stack, 3, JPEG2000_PART2), JPEG2000_PART2),
-                    (_instance(stack, 4, ExplicitVRLittleEndian), ExplicitVRLittleEndian),
-                ),
-                start=1,
-            ):
-                path = dicomdata.write(ds, tmp / "send" / f"{position}.dcm")
-                stack.sent[ds.SOPInstanceUID] = path
-                assert store_one(services.scp_port, path, syntax).Status == 0  # sent as the file is
-            indexed(dsn, len(stack.sent))
-            wait_for(lambda: settled(stack), 60, "every conversion recorded")
-            yield stack
+    syntaxes = {"PACSFLOW_VIEWER_SYNTAXES": VIEWER_SYNTAXES}
+    with on_a_new_database(
+        broker.bootstrap, redis_url, tmp, common=syntaxes, web={"PACSFLOW_VIEWER": "off"}
+    ) as services:
+        dsn = services.dsn
+        stack = Stack(services.base, dsn, tmp / "storage", broker.bootstrap, uuid.uuid4().int % 10**12)
+        for position, (ds, syntax) in enumerate(
+            (
+                (rle(stack), RLELossless),
+                (corrupt_rle(stack), RLELossless),
+                (_instance(stack, 3, JPEG2000_PART2), JPEG2000_PART2),
+                (_instance(stack, 4, ExplicitVRLittleEndian), ExplicitVRLittleEndian),
+            ),
+            start=1,
+        ):
+            path = dicomdata.write(ds, tmp / "send" / f"{position}.dcm")
+            stack.sent[ds.SOPInstanceUID] = path
+            assert store_one(services.scp_port, path, syntax).Status == 0  # sent as the file is
+        indexed(dsn, len(stack.sent))
+        wait_for(lambda: settled(stack), 60, "every conversion recorded")
+        yield stack
 
 
 def conversion_rows(stack: Stack) -> dict[str, Any]:

@@ -15,13 +15,12 @@ from typing import Any
 import pytest
 import requests
 
-from pipeline.stores.postgres import migrate
-from tests.conftest import query, scratch_database
+from tests.conftest import query
 from tests.support import dicomdata
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
 from tests.support.services import Broker, pacsflow, read_topic, wait_for
-from tests.support.stack import running
+from tests.support.stack import on_a_new_database
 
 pytestmark = [pytest.mark.broker, pytest.mark.dcmtk]
 
@@ -47,13 +46,8 @@ class Stack:
 def stack(broker: Broker, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_dcmtk()
     tmp = tmp_path_factory.mktemp("delete")
-    with scratch_database() as dsn:
-        asyncio.run(migrate(dsn))
-        viewer = tmp / "viewer"
-        viewer.mkdir()
-        (viewer / "index.html").write_text("<!doctype html><title>viewer</title>")
-        with running(broker.bootstrap, redis_url, tmp, dsn, web={"PACSFLOW_VIEWER": str(viewer)}) as services:
-            yield Stack(services.base, dsn, tmp / "storage", services.scp_port, broker.bootstrap, tmp)
+    with on_a_new_database(broker.bootstrap, redis_url, tmp, web={"PACSFLOW_VIEWER": "off"}) as s:
+        yield Stack(s.base, s.dsn, tmp / "storage", s.scp_port, broker.bootstrap, tmp)
 
 
 def count(dsn: str, sql: str, *args: Any) -> int:

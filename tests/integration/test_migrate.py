@@ -17,10 +17,17 @@ def migrate(dsn: str, tmp_path: Path) -> str:
 
 
 def test_migrate_applies_everything_to_an_empty_database_once(empty_database: str, tmp_path: Path) -> None:
-    assert "applied: 0001_index, 0002_metadata, 0003_read_path" in migrate(empty_database, tmp_path)
+    assert "applied: 0001_index, 0002_metadata, 0003_read_path, 0004_conversion" in migrate(
+        empty_database, tmp_path
+    )
     assert "up to date" in migrate(empty_database, tmp_path)
     applied = query(empty_database, "SELECT version, name FROM pacsflow_migrations ORDER BY version")
-    assert [(r["version"], r["name"]) for r in applied] == [(1, "index"), (2, "metadata"), (3, "read_path")]
+    assert [(r["version"], r["name"]) for r in applied] == [
+        (1, "index"),
+        (2, "metadata"),
+        (3, "read_path"),
+        (4, "conversion"),
+    ]
     tables = {
         r["tablename"]
         for r in query(empty_database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -52,6 +59,6 @@ def test_migrate_takes_a_database_of_the_previous_version_forward(
             await conn.close()
 
     asyncio.run(at_version_1())
-    assert "applied: 0002_metadata, 0003_read_path" in migrate(empty_database, tmp_path)
+    assert "applied: 0002_metadata, 0003_read_path, 0004_conversion" in migrate(empty_database, tmp_path)
     row = query(empty_database, "SELECT json_status, version, built_version FROM dicom_json_meta")[0]
     assert tuple(row) == (0, 1, None)  # a series flagged before: pending, its metadata to be built

@@ -3,7 +3,6 @@ posted to with dicomweb-client and with raw, streamed HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import http.client
 import io
@@ -23,11 +22,10 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage
 
-from pipeline.stores.postgres import migrate
-from tests.conftest import query, scratch_database
+from tests.conftest import query
 from tests.support import dicomdata
 from tests.support.services import Broker, Service, wait_for
-from tests.support.stack import running
+from tests.support.stack import on_a_new_database
 
 pytestmark = [pytest.mark.broker]
 WINDOW_S = 1.0  # PACSFLOW_METADATA_WINDOW_S of the stack's worker
@@ -64,16 +62,10 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(broker: Broker, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stow")
-    with scratch_database() as dsn:
-        asyncio.run(migrate(dsn))
-        limits = {
-            "PACSFLOW_STOW_MAX_PART_BYTES": str(340 * MB),
-            "PACSFLOW_STOW_MAX_REQUEST_BYTES": str(350 * MB),
-        }
-        with running(
-            broker.bootstrap, redis_url, tmp, dsn, scp=None, web={**limits, "PACSFLOW_VIEWER": "off"}
-        ) as s:
-            yield Stack(s.base, dsn, tmp / "storage", s.web, uuid.uuid4().int % 10**12)
+    limits = {"PACSFLOW_STOW_MAX_PART_BYTES": str(340 * MB), "PACSFLOW_STOW_MAX_REQUEST_BYTES": str(350 * MB)}
+    web = {**limits, "PACSFLOW_VIEWER": "off"}
+    with on_a_new_database(broker.bootstrap, redis_url, tmp, scp=None, web=web) as s:
+        yield Stack(s.base, s.dsn, tmp / "storage", s.web, uuid.uuid4().int % 10**12)
 
 
 def instance(stack: Stack, study: int, series: int, n: int, *, sop_class: str = CTImageStorage) -> Dataset:
@@ -278,6 +270,14 @@ def test_bad_requests_have_readable_answers(stack: Stack) -> None:
         assert 'multipart/related; type="application/dicom"' in answer.json()["error"]
     bad_study = post(stack.url("/studies/1.2.x"), multipart([]))
     assert bad_study.status_code == 400
+    for accept, status in (("image/png", 406), ("application/dicom+json", 400), ("*/*; q=0.5", 400)):
+        answer = requests.post(
+            stack.url("/studies"),
+            data=f"--{BOUNDARY}--\r\n".encode(),
+            headers={"Content-Type": DICOM_PARTS, "Accept": accept},
+            timeout=10,
+        )
+        assert answer.status_code == status, (accept, answer.text)
     # A declared length beyond the limit is refused before a byte of the body is read.
     connection = http.client.HTTPConnection("127.0.0.1", int(stack.base.rsplit(":", 1)[1]), timeout=10)
     connection.putrequest("POST", "/dicomweb/studies")
@@ -358,11 +358,9 @@ def test_a_300_mb_instance_is_streamed_to_disk_not_held_in_memory(stack: Stack) 
 def small(broker: Broker, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A web server alone, with small STOW-RS limits."""
     tmp = tmp_path_factory.mktemp("stow-small")
-    with scratch_database() as dsn:
-        asyncio.run(migrate(dsn))
-        limits = {"PACSFLOW_STOW_MAX_PART_BYTES": str(MB), "PACSFLOW_STOW_MAX_REQUEST_BYTES": str(3 * MB)}
-        with running(broker.bootstrap, redis_url, tmp, dsn, scp=None, worker=None, web=limits) as s:
-            yield Stack(s.base, dsn, tmp / "storage", s.web, uuid.uuid4().int % 10**12)
+    limits = {"PACSFLOW_STOW_MAX_PART_BYTES": str(MB), "PACSFLOW_STOW_MAX_REQUEST_BYTES": str(3 * MB)}
+    with on_a_new_database(broker.bootstrap, redis_url, tmp, scp=None, worker=None, web=limits) as s:
+        yield Stack(s.base, s.dsn, tmp / "storage", s.web, uuid.uuid4().int % 10**12)
 
 
 def _sized(stack: Stack, n: int, rows: int) -> bytes:

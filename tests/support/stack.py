@@ -3,13 +3,15 @@ processes on one database, the session's broker and Redis, each on free loopback
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from tests.conftest import query
+from pipeline.stores.postgres import migrate
+from tests.conftest import query, scratch_database
 from tests.support.services import Service, free_port, wait_for
 
 AS_IS: Mapping[str, str] = MappingProxyType({})
@@ -23,6 +25,7 @@ class Running:
     http_port: int
     services: dict[str, Service]
     """By command (`scp`, `worker`, `web`): those that were asked for."""
+    dsn: str
 
     @property
     def base(self) -> str:
@@ -81,7 +84,18 @@ def running(
             stopping.callback(services[command].stop)  # stopped in reverse: web first, scp last
         for command, service in services.items():
             _ready(service, READY[command])
-        yield Running(scp_port, http_port, services)
+        yield Running(scp_port, http_port, services, dsn)
+
+
+@contextmanager
+def on_a_new_database(
+    broker_bootstrap: str, redis_url: str, folder: Path, **services: Mapping[str, str] | None
+) -> Iterator[Running]:
+    """``running`` on a database of its own, migrated first and dropped afterwards."""
+    with scratch_database() as dsn:
+        asyncio.run(migrate(dsn))
+        with running(broker_bootstrap, redis_url, folder, dsn, **services) as started:
+            yield started
 
 
 def _ready(service: Service, event: str, timeout: float = 60) -> None:

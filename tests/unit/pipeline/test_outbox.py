@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
+
+from pipeline.errors import OutboxError
 from pipeline.outbox import Message, Outbox
 
 
@@ -51,3 +55,40 @@ def test_orphans_are_the_unlocked_outboxes(tmp_path: Path) -> None:
     orphans[0].close(remove=True)
     assert not gone.path.exists()
     mine.close()
+
+
+def test_concurrent_appends_are_committed_together_each_whole_and_in_its_own_order(tmp_path: Path) -> None:
+    outbox = Outbox.open_slot(tmp_path, "scp")
+
+    def append(writer: int) -> None:
+        for n in range(20):
+            outbox.append(
+                [Message("storage_queue", b"k", f"{writer}-{n}-{part}".encode()) for part in range(3)]
+            )
+
+    threads = [threading.Thread(target=append, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    values = [message.value.decode() for _, message in outbox.peek(1000)]
+    assert len(values) == 8 * 20 * 3
+    for writer in range(8):
+        mine = [v for v in values if v.startswith(f"{writer}-")]
+        assert mine == [f"{writer}-{n}-{part}" for n in range(20) for part in range(3)]
+    for at in range(0, len(values), 3):  # an append's messages are never split by another's
+        assert len({v.rsplit("-", 1)[0] for v in values[at : at + 3]}) == 1
+    outbox.close()
+
+
+def test_a_failed_commit_fails_every_append_it_held(tmp_path: Path) -> None:
+    outbox = Outbox.open_slot(tmp_path, "scp")
+    outbox._db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(OutboxError, match="refused"):
+        outbox.append(messages(2))
+    outbox._db.execute("DROP TRIGGER refuse")
+    outbox.append(messages(1))
+    assert outbox.pending() == 1
+    outbox.close()
