@@ -144,6 +144,7 @@ class Indexer:
         counts, rejected = await self._retry("database", lambda: self._write(indexed))
         dead += rejected
         written = [i for i in indexed if not any(d.event is i.event for d in rejected)]
+        await asyncio.to_thread(self._drop_stale_copies, written)
         await self._retry("broker", lambda: self._publish(written, counts, dead))
         # Cached QIDO-RS answers of these tenants are now stale.
         await self._cache.bump(item.instance.instance.tenant_id for item in written)
@@ -199,6 +200,18 @@ class Indexer:
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return 0
+
+    def _drop_stale_copies(self, written: Sequence[_Indexed]) -> None:
+        """A converted copy of an instance now stored in a syntax the viewer decodes is never served
+        again (its row says none is needed): remove it rather than leave it for good."""
+        for item in written:
+            row = item.instance.instance
+            if row.conversion_status is None:
+                copy = converted_copy(self._layout.root / row.file_path)
+                try:
+                    copy.unlink(missing_ok=True)
+                except OSError as exc:  # only space is lost: nothing points at it
+                    _log.warning("stale_converted_copy_kept", path=str(copy), error=str(exc))
 
     def _remove_files(self, gone: Sequence[postgres.DoomedInstance]) -> None:
         paths = [self._layout.root / item.file_path for item in gone]

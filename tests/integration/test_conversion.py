@@ -52,6 +52,7 @@ class Stack:
     storage: Path
     bootstrap: str
     run: int
+    scp_port: int
     sent: dict[str, Path] = field(default_factory=dict)
 
     def uid(self, *parts: int | str) -> str:
@@ -97,7 +98,8 @@ def stack(broker: Broker, redis_url: str, tmp_path_factory: pytest.TempPathFacto
         broker.bootstrap, redis_url, tmp, common=syntaxes, web={"PACSFLOW_VIEWER": "off"}
     ) as services:
         dsn = services.dsn
-        stack = Stack(services.base, dsn, tmp / "storage", broker.bootstrap, uuid.uuid4().int % 10**12)
+        run = uuid.uuid4().int % 10**12
+        stack = Stack(services.base, dsn, tmp / "storage", broker.bootstrap, run, services.scp_port)
         for position, (ds, syntax) in enumerate(
             (
                 (rle(stack), RLELossless),
@@ -294,3 +296,27 @@ def test_status_counts_pending_and_failed_conversions(stack: Stack, tmp_path: Pa
     )
     assert status.returncode == 0, status.stderr
     assert "conversions: 0 pending, 2 failed" in status.stdout, status.stdout
+
+
+def test_an_instance_stored_again_in_a_syntax_the_viewer_decodes_loses_its_converted_copy(
+    stack: Stack, tmp_path: Path
+) -> None:
+    first = _instance(stack, 5, ExplicitVRLittleEndian)
+    first.compress(RLELossless, generate_instance_uid=False)
+    sop = first.SOPInstanceUID
+    copy = stack.storage / "default" / stack.uid(1) / stack.uid(1, 5) / f"{sop}.converted"
+    path = dicomdata.write(first, tmp_path / "rle.dcm")
+    assert store_one(stack.scp_port, path, RLELossless).Status == 0
+    wait_for(lambda: conversion_rows(stack).get(sop, {}).get("conversion_status") == 1, 60, "its conversion")
+    assert copy.is_file()
+    trace = conversion_rows(stack)[sop]["trace_id"]
+
+    again = dicomdata.write(_instance(stack, 5, ExplicitVRLittleEndian), tmp_path / "plain.dcm")
+    assert store_one(stack.scp_port, again, ExplicitVRLittleEndian).Status == 0
+    wait_for(lambda: conversion_rows(stack)[sop]["trace_id"] != trace, 60, "the new store indexed")
+    assert conversion_rows(stack)[sop]["conversion_status"] is None
+    assert not copy.exists()
+    status, headers, body = get(stack.url(5, "/frames/1"), Accept=OHIF_FRAMES)
+    assert status == 200, body[:300]
+    ((kind, _),) = parts(body, headers["content-type"])
+    assert f"transfer-syntax={ExplicitVRLittleEndian}" in kind  # the file as now stored
