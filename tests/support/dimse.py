@@ -90,14 +90,18 @@ def scu(*syntaxes: str, called: str = "PACSFLOW") -> AE:
     return ae
 
 
-def store_one(port: int, dataset: Dataset | Path, syntax: str, called: str = "PACSFLOW") -> Dataset:
-    """Send one instance in its own association; return the response status dataset."""
+def store_one(
+    port: int, dataset: Dataset | Path, syntax: str | Sequence[str], called: str = "PACSFLOW"
+) -> Dataset:
+    """Send one instance in its own association, proposing its SOP class with ``syntax`` (or these
+    syntaxes, in this order, in one context, as a modality does that lists what it can send);
+    return the response status dataset."""
     ae = AE(ae_title="PYSCU")
     if isinstance(dataset, Path):
         sop_class = read_file_meta_info(dataset).MediaStorageSOPClassUID
     else:
         sop_class = dataset.file_meta.MediaStorageSOPClassUID
-    ae.requested_contexts = [build_context(sop_class, [syntax])]
+    ae.requested_contexts = [build_context(sop_class, [syntax] if isinstance(syntax, str) else list(syntax))]
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     assert assoc.is_established, "association was not accepted"
     try:

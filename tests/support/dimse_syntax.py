@@ -11,6 +11,7 @@ from pydicom.uid import CTImageStorage, JPEGLSLossless
 from pynetdicom import AE, build_context
 
 from tests.support import dicomdata
+from tests.support.dimse import store_one
 
 Proposal = tuple[str, Sequence[str]]  # (SOP class, transfer syntaxes in the order proposed)
 
@@ -32,16 +33,7 @@ def accepted_syntaxes(port: int, proposals: Sequence[Proposal]) -> list[str | No
 def store_proposing(port: int, path: Path, syntaxes: Sequence[str]) -> Dataset:
     """Send one file in an association proposing its SOP class with ``syntaxes`` in one context,
     as a modality does that lists what it can send; return the C-STORE response."""
-    ae = AE(ae_title="PYSCU")
-    ae.requested_contexts = [build_context(dicomdata.read(path).SOPClassUID, list(syntaxes))]
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACSFLOW")
-    assert assoc.is_established, "association was not accepted"
-    try:
-        status = assoc.send_c_store(path)
-    finally:
-        assoc.release()
-    assert status, "no response to C-STORE"
-    return status
+    return store_one(port, path, syntaxes)
 
 
 def jpeg_ls_instance(study: str, series: str, number: int) -> Dataset:
