@@ -211,7 +211,9 @@ async def deletion_scope(
     pool: asyncpg.Pool, tenant: str, study: str, series: str | None, sop: str | None
 ) -> tuple[datetime, list[DoomedInstance]]:
     """The index's clock now, and the instances a DELETE accepted now removes: one snapshot, so
-    that the list and the cutoff agree."""
+    that the list and the cutoff agree. An index write that took its ``indexed_time`` before the
+    cutoff but commits after this snapshot is not listed, yet removed by the agent: rare (a batch
+    committing during the request), and what the index held a moment later."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         cutoff: datetime = await conn.fetchval("SELECT clock_timestamp()")
         rows = await conn.fetch(_SCOPE, tenant, study, series, sop, cutoff)
