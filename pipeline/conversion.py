@@ -108,7 +108,7 @@ def convert(layout: StorageLayout, request: ConversionRequest) -> Converted:
     source = layout.instance_path(location)
     if not decodable(request.source_ts):
         raise ConversionFailed(
-            f"no codec installed here decodes {_name(request.source_ts)}: the instance is served as "
+            f"no codec installed here decodes {syntax_name(request.source_ts)}: the instance is served as "
             "stored; a pydicom pixel-data plugin for it would let it be converted"
         )
     try:
@@ -122,23 +122,22 @@ def convert(layout: StorageLayout, request: ConversionRequest) -> Converted:
         raise ConversionFailed(_cannot(request, exc)) from exc
     except Exception as exc:  # whatever the codecs raise about this file's pixel data
         raise ConversionFailed(_cannot(request, exc)) from exc
+    # Located in the bytes about to be written, as the index locates a stored file's: the offsets
+    # are the file's, and the copy need not be read back.
+    index = frames.frame_index(dcmread(io.BytesIO(data), defer_size=_HEADER_DEFER_BYTES))
     target = layout.converted_path(location)
     size = write_atomic(target, [data])
-    # Read back as the index reads a stored file: pixel data stays unread, only located.
-    try:
-        index = frames.frame_index(dcmread(target, defer_size=_HEADER_DEFER_BYTES))
-    except OSError as exc:
-        raise StorageUnavailable(f"the converted copy just written is not readable: {exc}") from exc
     return Converted(target, request.target_ts, index, size)
 
 
 def _cannot(request: ConversionRequest, exc: BaseException) -> str:
     return (
-        f"cannot convert from {_name(request.source_ts)} to {_name(request.target_ts)}: "
+        f"cannot convert from {syntax_name(request.source_ts)} to {syntax_name(request.target_ts)}: "
         f"{type(exc).__name__}: {exc}"
     )
 
 
-def _name(syntax: str) -> str:
+def syntax_name(syntax: str) -> str:
+    """A transfer syntax as people read it: its name and UID (the UID alone when pydicom has no name)."""
     name = UID(syntax).name
     return f"{name} ({syntax})" if name != syntax else syntax

@@ -11,12 +11,8 @@ from dataclasses import dataclass
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -27,8 +23,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from pipeline.conversion import NATIVE, syntax_name
+
+__all__ = ["ANY_SYNTAX", "IMAGE_MEDIA_TYPES", "NATIVE", "MediaRange", "parse", "syntax_name"]
+
 ANY_SYNTAX = "*"
-NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 
 # Single-frame media types of compressed pixel data (PS3.18 Table 8.7.3-2).
 IMAGE_MEDIA_TYPES: dict[str, str] = {
@@ -104,8 +103,3 @@ def parse(header: str | None) -> list[MediaRange]:
             syntax = ANY_SYNTAX
         ranges.append((-q, position, MediaRange(media, syntax, multipart or base == "*/*", q)))
     return [r for _, _, r in sorted(ranges, key=lambda item: (item[0], item[1]))]
-
-
-def syntax_name(uid: str) -> str:
-    name = UID(uid).name
-    return f"{name} ({uid})" if name != uid else uid
