@@ -14,15 +14,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BROWSER_TOOLS := tests/browser/node_modules/.package-lock.json
-APT_PACKAGES := dcmtk redis-server
+APT_PACKAGES := dcmtk redis-server mariadb-server
 
-.PHONY: help python install system-deps run test lint bench bench-pipeline clean
+.PHONY: help python install system-deps run test lint bench bench-pipeline bench-analytics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: python $(STAMP) ## create .venv, install pacsflow, its tools and the OHIF viewer (quick when done)
-	@$(BIN)/python -m egress.viewer.install || echo "viewer: pacsflow runs without it; its / page says how to add it"
+install: python $(STAMP) ## create .venv, install pacsflow, its tools, the OHIF viewer and Chart.js (quick when done)
+	@$(BIN)/python -m egress.viewer.install || echo "viewer: pacsflow runs without them; its / and /analytics pages say how to add them"
 
 # The chosen Python, checked on every run: a $(VENV) made with another one is made again.
 python:
@@ -47,7 +47,7 @@ $(BROWSER_TOOLS): tests/browser/package-lock.json
 	  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: browser tests will be skipped (under CI, fail); install npm, then run make test again"; fi
 
-system-deps: ## install Debian packages the tests use as real peers (dcmtk; redis-server, which tests stop)
+system-deps: ## install Debian packages the tests use as real peers (dcmtk; redis-server and mariadb-server, which tests start and stop)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
@@ -74,6 +74,10 @@ lint: install ## ruff, mypy (strict) and the import-linter contracts
 bench: install ## pacsflow and Orthanc side by side on the same data: ingest, QIDO, metadata, frames, retrieve, memory
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) wrk orthanc orthanc-dicomweb"
 	$(BIN)/python -m tests.bench.versus
+
+bench-analytics: install ## the analytics sink's rows/s (1 and 4 partitions) and the reports over 100,000 instance rows
+	$(BIN)/python -m tests.bench.sink
+	$(BIN)/python -m tests.bench.reports --rows 100000
 
 bench-pipeline: install ## pacsflow alone: index workers (1 and 2), metadata regeneration, read path with Redis
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) wrk"

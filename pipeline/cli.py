@@ -1,4 +1,4 @@
-"""The only composition root: ``pacsflow scp | worker | web | dev | topics``."""
+"""The only composition root: ``pacsflow scp | worker | web | dev | topics | doris | analytics | ...``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pipeline import settings as settings_module
 from pipeline.errors import PacsflowError, SettingsError
 from pipeline.settings import Settings
 
-_NEEDS_KAFKA = {"scp", "worker", "topics", "reconcile", "status"}
+_NEEDS_KAFKA = {"scp", "worker", "topics", "reconcile", "status", "analytics"}
 _NEEDS_DATABASE = {"worker", "web", "migrate", "reconcile"}
 
 
@@ -33,6 +33,29 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--tenant", help="only this tenant's files")
     commands.add_parser("status", help="topic offsets, the workers' lag and the dead-letter count")
     commands.add_parser("settings", help="print the effective settings")
+    doris = commands.add_parser(
+        "doris", help="Apache Doris: the tables and Routine Load jobs fed from the topics"
+    )
+    doris_commands = doris.add_subparsers(dest="doris_command", required=True, metavar="doris-command")
+    doris_sql = doris_commands.add_parser("sql", help="print the CREATE TABLE and Routine Load statements")
+    doris_sql.add_argument(
+        "--brokers", help="the brokers Doris reads (default: the ${KAFKA_BROKERS} placeholder the files hold)"
+    )
+    doris_apply = doris_commands.add_parser(
+        "apply", help="create the database, tables and jobs Doris lacks, update those that changed"
+    )
+    doris_apply.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
+    doris_apply.add_argument(
+        "--only", choices=("tables", "jobs"), help="the tables (and database) only, or the jobs only"
+    )
+    doris_commands.add_parser("status", help="each Routine Load job's state, lag and error rows")
+    commands.add_parser("analytics", help="the analytics sink: the Doris-bound topics into Parquet tables")
+    sql = commands.add_parser("sql", help="run a query over the analytics tables (DuckDB, Doris table names)")
+    sql.add_argument("query", help='for example "SELECT count(*) FROM dicom_image_meta"')
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report = commands.add_parser("report", help="run an analyst report; without a name, list them")
+    report.add_argument("name", nargs="?")
+    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     viewer = commands.add_parser(
         "viewer-config", help="print an OHIF app-config.js for a viewer hosted elsewhere, aimed at pacsflow"
     )
@@ -117,9 +140,38 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
         from egress.viewer.config import fixed
 
         print(fixed(args.dicomweb or f"{settings.public_base}/dicomweb", args.router_basename), end="")
+    elif command == "doris":
+        _doris(args.doris_command, settings, args)
+    elif command == "analytics":
+        from analytics.sink import serve as serve_sink
+
+        lifecycle.run(serve_sink(settings))
+    elif command == "sql":
+        from analytics.query import print_sql
+
+        print_sql(settings, args.query, args.format)
+    elif command == "report":
+        from analytics.reports import print_report
+
+        print_report(settings, args.name, args.format)
     elif command == "settings":
         for name, setting in settings_module.SETTINGS:
             print(f"{setting.env}={getattr(settings, name)}")
+
+
+def _doris(command: str, settings: Settings, args: argparse.Namespace) -> None:
+    if command == "sql":
+        from doris.schema import script
+
+        print(script(args.brokers), end="")
+    elif command == "apply":
+        from doris.apply import run as apply
+
+        apply(settings, dry_run=args.dry_run, only=args.only)
+    elif command == "status":
+        from doris.status import report
+
+        print("\n".join(report(settings)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

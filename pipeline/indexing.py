@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pipeline import metadata
 from pipeline.errors import PacsflowError
 from pipeline.models import DicomImageMeta, DicomStateMeta, StorageEvent, TenantId, Uid
-from pipeline.models.formats import doris_date, doris_datetime, uid_hash
+from pipeline.models.formats import doris_date, doris_datetime, doris_datetime_ms, uid_hash
 
 CONVERSION_PENDING, CONVERSION_DONE, CONVERSION_FAILED = 0, 1, 2
 
@@ -301,7 +301,7 @@ def index_instance(
         sop_class_uid=sop_class[:64],
         image_status="indexed",
         space_size=event.FileSize,
-        created_time=doris_datetime(indexed),
+        created_time=doris_datetime_ms(indexed),
     )
     return IndexedInstance(instance, series_row, image, tuple(unconverted))
 
@@ -358,7 +358,7 @@ def deleted_image_record(
         sop_class_uid=sop_class_uid,
         image_status="deleted",
         space_size=file_size,
-        created_time=doris_datetime(when),
+        created_time=doris_datetime_ms(when),
         deleted=1,
     )
 

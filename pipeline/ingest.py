@@ -35,7 +35,7 @@ from pipeline.errors import (
     UnreadableDataset,
 )
 from pipeline.models import DicomObjectMeta, StorageEvent, TenantId, Uid
-from pipeline.models.formats import doris_date, doris_datetime, iso_utc, uid_hash
+from pipeline.models.formats import doris_date, doris_datetime_ms, iso_utc, uid_hash
 from pipeline.outbox import Message, Outbox
 from pipeline.stores.files import (
     InstanceLocation,
@@ -154,7 +154,7 @@ def events_for(stored: StoredInstance, node_id: str) -> list[Message]:
         file_path=relative,
         transfer_syntax_uid=stored.transfer_syntax,
         number_of_frames=header.number_of_frames,
-        created_time=doris_datetime(stored.received),
+        created_time=doris_datetime_ms(stored.received),
         series_uid_hash=uid_hash(loc.series),
         study_uid_hash=uid_hash(loc.study),
         accession_number=header.accession_number,

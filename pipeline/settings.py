@@ -91,6 +91,16 @@ class Settings:
     """Most results one QIDO-RS answer holds, whatever ``limit`` asks; beyond it, pages."""
     cache_ttl_s: float
     """How long Redis keeps a QIDO-RS answer or a built metadata answer."""
+    doris_url: str
+    """``mysql://user:password@fe:9030/database`` of the Doris FE; empty: no Doris."""
+    doris_kafka_brokers: str
+    """The brokers as the Doris backends reach them, for the Routine Load jobs; empty: ``kafka_bootstrap``."""
+    analytics: bool
+    """Whether `pacsflow dev` runs the analytics sink (Parquet under ``data_dir/analytics``)."""
+    analytics_roll_s: float
+    """How long the sink gathers rows before it writes a file."""
+    analytics_roll_rows: int
+    """Most rows the sink gathers before it writes a file."""
     dev_broker_port: int
     """Port of the broker `pacsflow dev` embeds; 0 picks a free one."""
     dev_postgres_port: int
@@ -271,6 +281,23 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
         return value.rstrip("/") if value.startswith("http") else value
 
     return parse
+
+
+def _on_off(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{raw!r} is neither on nor off")
+    return value == "on"
+
+
+def _positive_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number of seconds") from None
+    if not 0.05 <= value <= 3600:
+        raise ValueError(f"{raw!r} is not between 0.05 and 3600 seconds")
+    return value
 
 
 def _viewer(raw: str) -> str:
@@ -472,6 +499,54 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "OHIF at `/`: `on` (the release `make install` fetched), `off`, or the path of your own "
             "OHIF build's `dist` folder",
             _viewer,
+        ),
+    ),
+    (
+        "doris_url",
+        Setting(
+            "PACSFLOW_DORIS_URL",
+            "",
+            "the Doris FE's MySQL port and database for `pacsflow doris apply`/`status` "
+            "(`mysql://user:password@fe:9030/pacsflow`)",
+            _url(("mysql",)),
+        ),
+    ),
+    (
+        "doris_kafka_brokers",
+        Setting(
+            "PACSFLOW_DORIS_KAFKA_BROKERS",
+            "",
+            "Kafka brokers as the Doris backends reach them (`kafka:9092,...`), for the Routine Load jobs; "
+            "empty: `PACSFLOW_KAFKA_BOOTSTRAP`",
+            _bootstrap,
+        ),
+    ),
+    (
+        "analytics",
+        Setting(
+            "PACSFLOW_ANALYTICS",
+            "on",
+            "`on`: `pacsflow dev` runs the analytics sink, the Doris tables as Parquet under "
+            "`$PACSFLOW_DATA_DIR/analytics` for `pacsflow sql` and `pacsflow report`; `off`: it does not",
+            _on_off,
+        ),
+    ),
+    (
+        "analytics_roll_s",
+        Setting(
+            "PACSFLOW_ANALYTICS_ROLL_S",
+            "2",
+            "seconds the analytics sink gathers rows before it writes (and fsyncs) a Parquet file",
+            _positive_seconds,
+        ),
+    ),
+    (
+        "analytics_roll_rows",
+        Setting(
+            "PACSFLOW_ANALYTICS_ROLL_ROWS",
+            "50000",
+            "most rows the analytics sink gathers before it writes a Parquet file",
+            _int(1, 10_000_000),
         ),
     ),
     (

@@ -1,5 +1,6 @@
 """``pacsflow status``: what the operators look at. Per topic and partition: end offset, the
-worker group's committed offset and lag; the dead-letter queue's size; with a database, how many
+worker group's committed offset and lag; per analytics table, the analytics sink's committed
+offsets and lag (or that it has not started); the dead-letter queue's size; with a database, how many
 series have their metadata files current, pending or failed, and how many instances wait for their
 conversion or failed it; and each worker whose index (or conversion) stream is held, since when
 and why.
@@ -19,6 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import log, topics
+from pipeline.models import DORIS_TABLES
 from pipeline.models.formats import iso_utc
 from pipeline.retries import describe, until_it_works
 from pipeline.settings import Settings
@@ -109,13 +111,27 @@ def held_lines(settings: Settings) -> list[str]:
     return lines
 
 
-async def status(settings: Settings) -> list[str]:
-    # A consumer of the workers' group that never subscribes: it reads the group's committed
-    # offsets without joining it (and so without a rebalance). Tansu answers the admin client's
+def _group_reader(settings: Settings, group: str) -> AIOKafkaConsumer:
+    # A consumer of the group that never subscribes: it reads the group's committed offsets
+    # without joining it (and so without a rebalance). Tansu answers the admin client's
     # ListConsumerGroupOffsets in a form aiokafka cannot decode; this way works on both.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=GROUP, enable_auto_commit=False
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
     )
+
+
+async def _committed(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    return {tp: await consumer.committed(tp) for tp in partitions}
+
+
+def _lag(end: int, committed: int | None) -> int | None:
+    return None if committed is None else max(0, end - committed)
+
+
+async def status(settings: Settings) -> list[str]:
+    consumer = _group_reader(settings, GROUP)
     await consumer.start()
     try:
         existing = await consumer.topics()
@@ -127,25 +143,56 @@ async def status(settings: Settings) -> list[str]:
         ]
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
-        committed = {tp: await consumer.committed(tp) for tp in partitions}
+        committed = await _committed(consumer, partitions)
         dlq = await _count(
             consumer, [tp for tp in partitions if tp.topic == topics.STORAGE_DLQ], starts, ends
         )
     finally:
         await consumer.stop()
+    analytics = _group_reader(settings, topics.ANALYTICS_GROUP)
+    await analytics.start()
+    try:
+        sink = await _committed(analytics, [tp for tp in partitions if tp.topic in topics.DORIS_BOUND])
+    finally:
+        await analytics.stop()
     lines = [f"{'topic':<20} {'partition':>9} {'end offset':>10} {'committed':>10} {'lag':>8}"]
     for tp in partitions:
         offset = committed[tp]
-        lag = "" if offset is None else str(max(0, ends[tp] - offset))
+        lag = _lag(ends[tp], offset)
         shown = "" if offset is None else offset
-        lines.append(f"{tp.topic:<20} {tp.partition:>9} {ends[tp]:>10} {shown:>10} {lag:>8}")
+        lines.append(
+            f"{tp.topic:<20} {tp.partition:>9} {ends[tp]:>10} {shown:>10} {'' if lag is None else lag:>8}"
+        )
     missing = [topic for topic in topics.ALL if topic not in existing]
     if missing:
         lines.append(f"topics missing (run `pacsflow topics`): {', '.join(missing)}")
+    lines += analytics_lines(sink, ends)
     lines.append(f"dead letters in {topics.STORAGE_DLQ}: {dlq}")
     lines += held_lines(settings)
     if settings.database_url:
         lines += await _database_lines(settings.database_url)
+    return lines
+
+
+def analytics_lines(
+    committed: dict[TopicPartition, int | None], ends: dict[TopicPartition, int]
+) -> list[str]:
+    """Per analytics table: the sink's committed offsets, summed over the topic's partitions, the
+    end offsets and the lag; "not started" while the sink's group has committed none of them."""
+    lines = [f"{'analytics table':<20} {'topic':<20} {'committed':>10} {'end offset':>10} {'lag':>8}"]
+    for table in DORIS_TABLES:
+        tps = [tp for tp in committed if tp.topic == table.topic]
+        if not tps:
+            continue
+        if all(committed[tp] is None for tp in tps):
+            lines.append(f"{table.name:<20} {table.topic:<20} not started")
+            continue
+        # A partition the sink has not committed yet is behind by all it holds.
+        offset = sum(committed[tp] or 0 for tp in tps)
+        lag = sum(_lag(ends[tp], committed[tp] or 0) or 0 for tp in tps)
+        lines.append(
+            f"{table.name:<20} {table.topic:<20} {offset:>10} {sum(ends[tp] for tp in tps):>10} {lag:>8}"
+        )
     return lines
 
 

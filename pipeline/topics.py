@@ -27,6 +27,11 @@ ALL = (
     STORAGE_DLQ,
 )
 
+DORIS_BOUND = (LOG_QUEUE, DICOM_STATE_QUEUE, DICOM_IMAGE_QUEUE, WADO_ACCESS_LOG, CONVERSION_LOG)
+"""Read by Doris's Routine Load jobs and, on one machine, by the analytics sink."""
+ANALYTICS_GROUP = "pacsflow-analytics"
+"""The analytics sink's consumer group: its committed offsets are what the Parquet files hold."""
+
 
 # What a broker that is down, hung or restarting looks like from a client: retried, never fatal.
 BROKER_FAILURES: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.stores.postgres import migrate
 from tests.support.dimse import c_echo
+from tests.support.mariadb import mysql_server
 from tests.support.services import (
     Broker,
     PostgresServer,
@@ -149,6 +150,14 @@ def _session_servers() -> Iterator[_SessionServers]:
 def redis_url() -> str:
     """A Redis the tests share: keys under a prefix of the test's own."""
     return SESSION_SERVERS.redis_url()
+
+
+@pytest.fixture(scope="session")
+def mysql() -> Iterator[str]:
+    """A MySQL-protocol server's URL, ``mysql://user:password@host:port`` without a database: a
+    MariaDB of the session's own, or the server ``TEST_MYSQL_URL`` names."""
+    with mysql_server() as url:
+        yield url
 
 
 @contextmanager

@@ -1,10 +1,12 @@
-"""``python -m egress.viewer.install``: put the pinned OHIF release where ``pacsflow web`` finds it.
+"""``python -m egress.viewer.install``: put the pinned browser releases where ``pacsflow web`` finds them.
 
-``make install`` runs it. The prebuilt application is the ``dist/`` folder of the npm registry's
-``@ohif/app`` tarball: nothing is built. The tarball's digest is checked against the pinned one,
-the folder is unpacked beside the Python environment, and every compressible file gets a ``.gz``
-twin, which aiohttp sends to clients that accept gzip (OHIF's main bundle: 17 MB, 3.4 MB gzipped).
-Run again, it does nothing; npm keeps the tarball in its cache, so reinstalling is quick.
+``make install`` runs it. Each release (``egress.viewer.release``: OHIF for ``/``, Chart.js for
+``/analytics``) is the prebuilt ``dist/`` folder of its npm registry tarball: nothing is built.
+The tarball's digest is checked against the pinned one, the folder is unpacked beside the Python
+environment, and every compressible file gets a ``.gz`` twin, which aiohttp sends to clients that
+accept gzip (OHIF's main bundle: 17 MB, 3.4 MB gzipped). Run again, it does nothing; npm keeps the
+tarballs in its cache, so reinstalling is quick. Each release is installed on its own: one that
+fails does not keep the other out.
 """
 
 from __future__ import annotations
@@ -22,25 +24,27 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
-from egress.viewer.release import COMPLETE, INTEGRITY, PACKAGE, VERSION, installed_dir, is_installed
+from egress.viewer.release import COMPLETE, OHIF, RELEASES, Release
 
 COMPRESSIBLE = {".js", ".mjs", ".css", ".html", ".json", ".svg", ".wasm", ".map", ".txt", ".xml", ".ico"}
 _DIST = "package/dist/"
+_TAGS = {OHIF.key: "viewer"}
 
 
 class InstallError(Exception):
     pass
 
 
-def _say(message: str) -> None:
-    print(f"viewer: {message}", flush=True)
+def _say(release: Release, message: str) -> None:
+    print(f"{_TAGS.get(release.key, release.key)}: {message}", flush=True)
 
 
-def fetch(npm: str, into: Path) -> Path:
+def fetch(npm: str, into: Path, release: Release = OHIF) -> Path:
     """The release tarball, downloaded (or taken from npm's cache) by ``npm pack``."""
-    _say(f"fetching {PACKAGE}@{VERSION} with npm (about 50 MB, cached by npm afterwards) ...")
+    spec = f"{release.package}@{release.version}"
+    _say(release, f"fetching {spec} with npm ({release.size}, cached by npm afterwards) ...")
     result = subprocess.run(
-        [npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(into), "--silent"],
+        [npm, "pack", spec, "--pack-destination", str(into), "--silent"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -48,15 +52,15 @@ def fetch(npm: str, into: Path) -> Path:
     tarballs = list(into.glob("*.tgz"))
     if result.returncode != 0 or len(tarballs) != 1:
         raise InstallError(
-            f"npm pack {PACKAGE}@{VERSION} failed (exit {result.returncode}): "
+            f"npm pack {spec} failed (exit {result.returncode}): "
             f"{result.stderr.strip()[-800:]}\n"
             "check that the npm registry is reachable (npm config get registry)"
         )
     return tarballs[0]
 
 
-def verify(tarball: Path) -> None:
-    algorithm, _, expected = INTEGRITY.partition("-")
+def verify(tarball: Path, release: Release = OHIF) -> None:
+    algorithm, _, expected = release.integrity.partition("-")
     digest = hashlib.new(algorithm)
     with tarball.open("rb") as stream:
         while chunk := stream.read(1 << 20):
@@ -64,16 +68,16 @@ def verify(tarball: Path) -> None:
     actual = base64.b64encode(digest.digest()).decode()
     if actual != expected:
         raise InstallError(
-            f"{tarball.name} is not the pinned {PACKAGE}@{VERSION}: its {algorithm} is {actual}, "
-            f"expected {expected}. Clear npm's cache (npm cache clean --force) and try again."
+            f"{tarball.name} is not the pinned {release.package}@{release.version}: its {algorithm} is "
+            f"{actual}, expected {expected}. Clear npm's cache (npm cache clean --force) and try again."
         )
 
 
-def unpack(tarball: Path, into: Path) -> None:
-    """``package/dist/``'s plain files, written one by one: no link, device or path outside
-    ``into`` can come out of the archive. They are dated now, not 1985-10-26 as npm dates every
-    file: aiohttp's ETags are date and size, and a file an upgrade changed but kept the size of
-    would otherwise be answered 304."""
+def unpack(tarball: Path, into: Path, release: Release = OHIF) -> None:
+    """``package/dist/``'s plain files (those the release serves), written one by one: no link,
+    device or path outside ``into`` can come out of the archive. They are dated now, not
+    1985-10-26 as npm dates every file: aiohttp's ETags are date and size, and a file an upgrade
+    changed but kept the size of would otherwise be answered 304."""
     with tarfile.open(tarball) as archive:
         for member in archive:
             if not member.name.startswith(_DIST) or not member.isfile():
@@ -81,6 +85,8 @@ def unpack(tarball: Path, into: Path) -> None:
             name = PurePosixPath(member.name[len(_DIST) :])
             if name.is_absolute() or ".." in name.parts:
                 raise InstallError(f"{tarball.name}: {member.name!r} points outside its folder")
+            if release.files is not None and str(name) not in release.files:
+                continue
             target = into.joinpath(*name.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             source = archive.extractfile(member)
@@ -88,8 +94,8 @@ def unpack(tarball: Path, into: Path) -> None:
                 raise InstallError(f"{tarball.name}: {member.name!r} cannot be read")
             with source, target.open("wb") as sink:
                 shutil.copyfileobj(source, sink)
-    if not (into / "index.html").is_file():
-        raise InstallError(f"{tarball.name} has no {_DIST}index.html: not a prebuilt OHIF")
+    if not (into / release.entry).is_file():
+        raise InstallError(f"{tarball.name} has no {_DIST}{release.entry}: not a prebuilt {release.label}")
 
 
 def _gzip(path: Path) -> int:
@@ -113,34 +119,34 @@ def precompress(folder: Path) -> int:
         return sum(pool.map(_gzip, files))
 
 
-def install(target: Path, tarball: Path | None) -> None:
-    if is_installed(target):
-        _say(f"OHIF {VERSION} is installed in {target}")
+def install(target: Path, tarball: Path | None, release: Release = OHIF) -> None:
+    if release.is_installed(target):
+        _say(release, f"{release.label} {release.version} is installed in {target}")
         return
     npm = shutil.which("npm")
     if tarball is None and npm is None:
         _say(
-            "npm not found, so OHIF is not installed; pacsflow serves DICOMweb all the same and "
-            "its / page says how to add the viewer: install Node.js with npm "
-            "(apt-get install npm) and run `make install` again"
+            release,
+            f"npm not found, so {release.label} is not installed; {release.without}: install Node.js "
+            "with npm (apt-get install npm) and run `make install` again",
         )
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ohif-") as scratch:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{release.key}-") as scratch:
         work = Path(scratch)
         if tarball is None:
             assert npm is not None
-            tarball = fetch(npm, work)
-        verify(tarball)
+            tarball = fetch(npm, work, release)
+        verify(tarball, release)
         staged = work / "dist"
-        _say("unpacking the prebuilt viewer ...")
-        unpack(tarball, staged)
-        _say("compressing its files for gzip clients ...")
+        _say(release, f"unpacking the prebuilt {release.label} ...")
+        unpack(tarball, staged, release)
+        _say(release, "compressing its files for gzip clients ...")
         count = precompress(staged)
-        (staged / COMPLETE).write_text(f"{PACKAGE}@{VERSION}\n")
+        (staged / COMPLETE).write_text(f"{release.package}@{release.version}\n")
         shutil.rmtree(target, ignore_errors=True)
         staged.rename(target)
-    _say(f"OHIF {VERSION} installed in {target} ({count} files precompressed)")
+    _say(release, f"{release.label} {release.version} installed in {target} ({count} files precompressed)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,16 +154,29 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m egress.viewer.install", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "--tarball", type=Path, help="an already downloaded @ohif/app tarball (no npm needed)"
+        "--only",
+        choices=sorted(RELEASES),
+        help="install this release alone (default: every one; with --tarball or --target: ohif)",
     )
-    parser.add_argument("--target", type=Path, default=installed_dir(), help="where to put it")
+    parser.add_argument(
+        "--tarball", type=Path, help="an already downloaded tarball of that release (no npm needed)"
+    )
+    parser.add_argument("--target", type=Path, help="where to put that release (default: beside the venv)")
     args = parser.parse_args(argv)
-    try:
-        install(args.target, args.tarball)
-    except (InstallError, OSError, subprocess.TimeoutExpired, tarfile.TarError, ValueError) as exc:
-        print(f"viewer: not installed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if args.only:
+        chosen = [RELEASES[args.only]]
+    elif args.tarball or args.target:
+        chosen = [OHIF]  # one tarball or folder is one release's: OHIF's, as before Chart.js came
+    else:
+        chosen = list(RELEASES.values())
+    failed = 0
+    for release in chosen:
+        try:
+            install(args.target or release.installed_dir(), args.tarball, release)
+        except (InstallError, OSError, subprocess.TimeoutExpired, tarfile.TarError, ValueError) as exc:
+            print(f"{_TAGS.get(release.key, release.key)}: not installed: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import web
 
 from egress.viewer import site as viewer
-from egress.wado import delete, metadata, qido, retrieve, stow
+from egress.wado import analytics, delete, metadata, qido, retrieve, stow
 from egress.wado.access_log import ACCESS_LOG, AccessLogger, AccessLogPublisher, echo_trace_id, tracing
 from egress.wado.cors import cors
 from egress.wado.errors import errors
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     # STOW-RS streams its body with the multipart reader: client_max_size (1 MiB) does not apply.
     stow.add_routes(app, PREFIXES)
     delete.add_routes(app, PREFIXES)
+    analytics.add_routes(app)
     viewer.add_routes(app, settings)
     return app
 

@@ -1,4 +1,4 @@
-"""What `pacsflow dev` runs, in order: broker, PostgreSQL, SCP, worker, web."""
+"""What `pacsflow dev` runs, in order: broker, PostgreSQL, SCP, worker, web, analytics sink."""
 
 from __future__ import annotations
 
@@ -82,6 +82,8 @@ def plan(settings: Settings, dicom: socket.socket, http: socket.socket) -> tuple
         dataclasses.replace(_service("worker", env), after_ready=lambda: _reconcile_soon(effective)),
         dataclasses.replace(_service("web", env), listener=http),
     ]
+    if settings.analytics:
+        specs.append(_service("analytics", env))
     return specs, effective
 
 
@@ -112,6 +114,7 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
     base = f"http://127.0.0.1:{settings.http_port}"
     broker_note = " (embedded Tansu, memory only)" if embedded_broker else ""
     db_note = " (embedded)" if embedded_db else ""
+    analytics = settings.data_dir / "analytics"
     return "\n".join(
         [
             "",
@@ -123,6 +126,11 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
             f"  storage root             {settings.storage_root}",
             f"  Kafka                    {settings.kafka_bootstrap}{broker_note}",
             f"  PostgreSQL               {settings.database_url}{db_note}",
+            *(
+                [f"  analytics (Parquet)      {analytics}  (pacsflow sql, report)"]
+                if settings.analytics
+                else []
+            ),
             "  stop                     Ctrl-C (or SIGTERM to this process)",
             "",
         ]

@@ -3,8 +3,10 @@
 This package imports nothing of pacsflow's but ``pipeline.errors`` (an import-linter contract).
 """
 
+from pipeline.models.columns import Column, DorisTable
 from pipeline.models.conversion import ConversionRequest
 from pipeline.models.deadletter import StorageDeadLetter
+from pipeline.models.doris import TABLES as DORIS_TABLES
 from pipeline.models.doris import (
     ConversionRecord,
     DicomImageMeta,
@@ -16,12 +18,15 @@ from pipeline.models.identifiers import TenantId, Uid
 from pipeline.models.storage import DeletionEvent, StorageEvent, storage_queue_record
 
 __all__ = [
+    "DORIS_TABLES",
+    "Column",
     "ConversionRecord",
     "ConversionRequest",
     "DeletionEvent",
     "DicomImageMeta",
     "DicomObjectMeta",
     "DicomStateMeta",
+    "DorisTable",
     "StorageDeadLetter",
     "StorageEvent",
     "TenantId",

@@ -7,32 +7,52 @@ with no Faust metadata, so Doris reads them as they are.
 
 from __future__ import annotations
 
+from pipeline.models.columns import (
+    BigInt,
+    Char1,
+    Column,
+    Date,
+    DateTime,
+    DateTimeMs,
+    DorisTable,
+    Hash,
+    Path,
+    Text8,
+    Text16,
+    Text32,
+    Text128,
+    Text256,
+    TinyInt,
+    TraceId,
+)
 from pipeline.models.record import Record
 
 
 class DicomObjectMeta(Record):
     """One received object (Doris ``dicom_object_meta``), on ``log_queue``."""
 
-    trace_id: str
-    worker_node_id: str
     tenant_id: str
     patient_id: str
     study_uid: str
     series_uid: str
     sop_uid: str
-    file_size: int
-    file_path: str
+    file_size: BigInt
+    file_path: Path
     transfer_syntax_uid: str
     number_of_frames: int | None
-    created_time: str
-    series_uid_hash: str
-    study_uid_hash: str
+    created_time: DateTimeMs
+    """When the object was received (its file and event durable)."""
+    series_uid_hash: Hash
+    study_uid_hash: Hash
     accession_number: str | None
     target_ts: str | None
-    study_date: str | None
+    study_date: Date | None
     transfer_status: str
     source_ip: str
+    """The peer's address: IPv6 included, hence VARCHAR(64) where the seed had 24."""
     source_ae: str
+    trace_id: TraceId
+    worker_node_id: str
 
 
 class DicomStateMeta(Record, kw_only=True):
@@ -45,32 +65,32 @@ class DicomStateMeta(Record, kw_only=True):
     patient_id: str
     study_uid: str
     series_uid: str
-    study_uid_hash: str
-    series_uid_hash: str
-    study_date_origin: str
-    patient_name: str | None
-    patient_sex: str | None
-    patient_birth_date: str | None
-    patient_birth_time: str | None
-    patient_age: str | None
+    study_uid_hash: Hash
+    series_uid_hash: Hash
+    study_date_origin: Text8
+    patient_name: Text256 | None
+    patient_sex: Char1 | None
+    patient_birth_date: Date | None
+    patient_birth_time: Text16 | None
+    patient_age: Text16 | None
     patient_size: float | None
     patient_weight: float | None
     pregnancy_status: int | None
-    study_date: str | None
-    study_time: str | None
-    accession_number: str
-    study_id: str | None
-    study_description: str | None
-    modality: str | None
+    study_date: Date | None
+    study_time: Text16 | None
+    accession_number: Text16
+    study_id: Text16 | None
+    study_description: Text256 | None
+    modality: Text16 | None
     series_number: int | None
-    series_date: str | None
-    series_time: str | None
-    series_description: str | None
+    series_date: Date | None
+    series_time: Text16 | None
+    series_description: Text256 | None
     body_part_examined: str | None
-    protocol_name: str | None
+    protocol_name: Text256 | None
     series_related_instances: int
-    created_time: str
-    deleted: int = 0
+    created_time: DateTime
+    deleted: TinyInt = 0
     """1: the series was deleted. The Routine Load job merges with ``DELETE ON deleted = 1``, so
     Doris removes the row (its hidden delete sign) rather than keeping a flagged one."""
 
@@ -87,20 +107,20 @@ class DicomImageMeta(Record, kw_only=True):
     study_uid: str
     series_uid: str
     sop_uid: str
-    study_uid_hash: str
-    series_uid_hash: str
-    study_date_origin: str | None
-    content_date: str | None
-    content_time: str | None
+    study_uid_hash: Hash
+    series_uid_hash: Hash
+    study_date_origin: Date | None
+    content_date: Date | None
+    content_time: Text32 | None
     instance_number: int | None
-    image_type: str | None
-    image_orientation_patient: str | None
+    image_type: Text128 | None
+    image_orientation_patient: Text128 | None
     image_position_patient: str | None
     slice_thickness: float | None
     spacing_between_slices: float | None
     slice_location: float | None
     samples_per_pixel: int | None
-    photometric_interpretation: str | None
+    photometric_interpretation: Text32 | None
     width: int | None
     columns: int | None
     bits_allocated: int | None
@@ -113,13 +133,14 @@ class DicomImageMeta(Record, kw_only=True):
     window_center: str | None
     window_width: str | None
     transfer_syntax_uid: str
-    pixel_data_location: str | None
-    thumbnail_location: str | None
+    pixel_data_location: Path | None
+    thumbnail_location: Path | None
     sop_class_uid: str
-    image_status: str
-    space_size: int
-    created_time: str
-    deleted: int = 0
+    image_status: Text32
+    space_size: BigInt
+    created_time: DateTimeMs
+    """When the index agent indexed the instance: minus its object's, the ingest latency."""
+    deleted: TinyInt = 0
     """1: the instance was deleted; removed from Doris by the job's ``DELETE ON deleted = 1``."""
 
 
@@ -128,18 +149,18 @@ class WadoAccessLog(Record):
     ``wado_access_log``."""
 
     tenant_id: str
-    route: str
+    route: Text128
     """The route's pattern (``/dicomweb/studies/{study}/series``), not the URL with its UIDs."""
     study_uid: str | None
     series_uid: str | None
     sop_uid: str | None
     status: int
-    bytes: int
+    bytes: BigInt
     """Bytes sent for the answer: status line, headers and body (nginx's ``$bytes_sent``)."""
     duration_ms: float
     client_address: str | None
-    trace_id: str
-    created_time: str
+    trace_id: TraceId
+    created_time: DateTime
     worker_node_id: str
 
 
@@ -153,9 +174,65 @@ class ConversionRecord(Record):
     sop_uid: str
     source_ts: str
     target_ts: str
-    status: str
+    status: Text32
     """``converted``, ``failed``, or ``skipped`` (the instance changed or went before its turn)."""
-    reason: str | None
-    trace_id: str
+    reason: Text256 | None
+    trace_id: TraceId
     worker_node_id: str
-    created_time: str
+    created_time: DateTime
+
+
+_UPDATED = Column("updated_time", "DATETIME", nullable=True, expression="NOW()")
+
+TABLES: tuple[DorisTable, ...] = (
+    DorisTable(
+        name="dicom_object_meta",
+        record=DicomObjectMeta,
+        topic="log_queue",
+        job="medical_object_load",
+        model="DUPLICATE",
+        key=("tenant_id", "patient_id", "study_uid", "series_uid", "sop_uid"),
+        description="One row per received object (C-STORE or STOW-RS), every store kept.",
+    ),
+    DorisTable(
+        name="dicom_state_meta",
+        record=DicomStateMeta,
+        topic="dicom_state_queue",
+        job="medical_state_load",
+        model="UNIQUE",
+        key=("tenant_id", "patient_id", "study_uid", "series_uid"),
+        description="One row per series, with its patient and study; the last record wins.",
+        computed=(_UPDATED,),
+        merge_deletes=True,
+    ),
+    DorisTable(
+        name="dicom_image_meta",
+        record=DicomImageMeta,
+        topic="dicom_image_queue",
+        job="medical_image_load",
+        model="UNIQUE",
+        key=("tenant_id", "patient_id", "study_uid", "series_uid", "sop_uid"),
+        description="One row per instance, with its image attributes; the last record wins.",
+        computed=(_UPDATED,),
+        merge_deletes=True,
+    ),
+    DorisTable(
+        name="wado_access_log",
+        record=WadoAccessLog,
+        topic="wado_access_log",
+        job="medical_access_load",
+        model="DUPLICATE",
+        key=("tenant_id", "route", "study_uid", "series_uid", "sop_uid"),
+        description="One row per DICOMweb request answered by pacsflow web.",
+    ),
+    DorisTable(
+        name="conversion_record",
+        record=ConversionRecord,
+        topic="conversion_log",
+        job="medical_conversion_load",
+        model="DUPLICATE",
+        key=("tenant_id", "study_uid", "series_uid", "sop_uid"),
+        description="One row per transfer syntax conversion attempt: converted, failed or skipped.",
+    ),
+)
+"""Every Doris-bound topic and its table, in the order ``pacsflow doris apply`` creates them."""

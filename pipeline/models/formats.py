@@ -11,6 +11,11 @@ def doris_datetime(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def doris_datetime_ms(moment: datetime) -> str:
+    """``YYYY-MM-DD HH:MM:SS.fff`` in UTC, the format of a Doris DATETIME(3) column."""
+    return moment.astimezone(UTC).isoformat(sep=" ", timespec="milliseconds").removesuffix("+00:00")
+
+
 def doris_date(dicom_da: str | None) -> str | None:
     """A DICOM DA value (``YYYYMMDD``) as ``YYYY-MM-DD``; None when absent or not a real date."""
     text = (dicom_da or "").strip()

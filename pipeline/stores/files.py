@@ -62,7 +62,8 @@ def converted_copy(instance: Path) -> Path:
     return instance.with_suffix(".converted")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -70,7 +71,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dirs(directory: Path) -> None:
+def make_dirs(directory: Path) -> None:
     """Create ``directory`` and its missing parents, each made durable in its own parent."""
     missing: list[Path] = []
     probe = directory
@@ -82,7 +83,7 @@ def _make_dirs(directory: Path) -> None:
             new.mkdir()
         except FileExistsError:
             continue  # another association created it at the same moment
-        _fsync_dir(new.parent)
+        fsync_dir(new.parent)
 
 
 def _error(path: Path, exc: OSError) -> StorageError:
@@ -102,7 +103,7 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
     temp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
     size = 0
     try:
-        _make_dirs(directory)
+        make_dirs(directory)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             for chunk in chunks:
@@ -115,7 +116,7 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
         finally:
             os.close(fd)
         temp.replace(path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         with contextlib.suppress(OSError):  # the original error is the one to report
             temp.unlink(missing_ok=True)
@@ -137,7 +138,7 @@ def remove_instance_files(root: Path, paths: Iterable[Path]) -> None:
             folders.add(path.parent)
         for folder in sorted(folders, reverse=True):
             if folder.is_dir():
-                _fsync_dir(folder)
+                fsync_dir(folder)
             for empty in (folder, folder.parent):  # the series' folder, then the study's
                 try:
                     empty.rmdir()
@@ -145,7 +146,7 @@ def remove_instance_files(root: Path, paths: Iterable[Path]) -> None:
                     if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                         break
                     raise
-                _fsync_dir(empty.parent)
+                fsync_dir(empty.parent)
     except OSError as exc:
         raise StorageUnavailable(f"cannot remove files under {root}: {exc.strerror or exc}") from exc
 
@@ -160,9 +161,9 @@ def place_atomic(temp: Path, path: Path) -> int:
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        _make_dirs(path.parent)
+        make_dirs(path.parent)
         temp.replace(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         if exc.errno == errno.EXDEV:  # on another filesystem after all: copy it
             with open(temp, "rb") as fp:

@@ -41,7 +41,7 @@ def test_dev_brings_everything_up_stores_heals_and_stops_in_reverse(dev: Dev, tm
     assert str(dev.data_dir / "storage") in banner
     assert "Ctrl-C" in banner
     started = [e["child"] for e in dev.events("child_ready")]
-    assert started == ["broker", "postgres", "scp", "worker", "web"]
+    assert started == ["broker", "postgres", "scp", "worker", "web", "analytics"]
 
     with urllib.request.urlopen(f"http://127.0.0.1:{dev.http_port}/health", timeout=5) as response:
         assert response.status == 200
@@ -82,7 +82,7 @@ def test_dev_brings_everything_up_stores_heals_and_stops_in_reverse(dev: Dev, tm
     dev.process.send_signal(signal.SIGINT)
     assert dev.process.wait(60) == 0
     stopping = [e["child"] for e in dev.events("child_stopping")]
-    assert stopping == ["web", "worker", "scp", "postgres", "broker"]
+    assert stopping == ["analytics", "web", "worker", "scp", "postgres", "broker"]
     assert not [name for name, pid in pids.items() if process_alive(pid)]
 
 

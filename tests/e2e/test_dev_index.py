@@ -91,7 +91,7 @@ def test_three_studies_are_indexed_with_counts_and_doris_records(tmp_path: Path)
             json.loads(r.value) for r in images if json.loads(r.value)["sop_uid"] == ct[0].SOPInstanceUID
         )
         assert (image["width"], image["columns"], image["study_date_origin"]) == (64, 64, "2026-01-15")
-        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", image["created_time"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", image["created_time"])  # DATETIME(3)
 
         # Re-sending a whole study changes no count.
         assert storescu(dev.scp_port, files[:100]).returncode == 0

@@ -25,6 +25,7 @@ from PIL import Image
 from egress.viewer.config import fixed
 from egress.viewer.release import installed_dir, is_installed
 from tests.support import dicomdata
+from tests.support.browser import BROWSER, CHROMIUM, RESULTS, node_major
 from tests.support.dev import Dev, start_dev
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
@@ -32,10 +33,6 @@ from tests.support.services import free_port, require, wait_for
 from tests.support.static_site import StaticSite
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.dcmtk, pytest.mark.browser]
-
-BROWSER = Path(__file__).parents[1] / "browser"
-RESULTS = BROWSER / "results"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 @dataclass(frozen=True)
@@ -61,19 +58,11 @@ UPLOADED = Study("Uploaded^Sameorigin", 1, uid(880, 3), uid(880, 3, 1), None, No
 UPLOADED_ELSEWHERE = Study("Uploaded^Crossorigin", 1, uid(880, 4), uid(880, 4, 1), None, None)
 
 
-def _node_major() -> int:
-    node = shutil.which("node")
-    if node is None:
-        return 0
-    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
-    return int(version.lstrip("v").split(".")[0] or 0)
-
-
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, StaticSite]]:
     require_dcmtk()
     require(CHROMIUM.exists(), "Debian's chromium (make test installs it: apt-get install chromium)")
-    require(_node_major() >= 18, "Node.js 18 or later (make test installs Debian's npm)")
+    require(node_major() >= 18, "Node.js 18 or later (make test installs Debian's npm)")
     require((BROWSER / "node_modules" / "playwright-core").is_dir(), "playwright-core (make test)")
     require(is_installed(installed_dir()), "the OHIF viewer (make install)")
     tmp = tmp_path_factory.mktemp("viewer")

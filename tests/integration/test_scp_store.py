@@ -91,9 +91,9 @@ def test_storescu_ct_and_mr_series_land_at_the_seed_path_with_exact_events(
         }
         meta = objects[ds.SOPInstanceUID]
         created = meta.pop("created_time")
-        assert datetime.strptime(created, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) >= before.replace(
-            microsecond=0
-        ) - timedelta(seconds=1)
+        # DATETIME(3): the receipt, to the millisecond.
+        assert len(created) == len("YYYY-MM-DD HH:MM:SS.fff")
+        assert datetime.fromisoformat(created).replace(tzinfo=UTC) >= before - timedelta(milliseconds=1)
         assert meta == {
             "trace_id": trace_id,
             "worker_node_id": scp.node_id,

@@ -60,7 +60,7 @@ def test_rows_and_records_from_a_header() -> None:
     assert result.series.modality == "CT"
     assert result.image.image_position_patient == "0.0\\0.0\\1.0"
     assert result.image.width == 64
-    assert result.image.created_time == "2026-02-03 04:05:06"
+    assert result.image.created_time == "2026-02-03 04:05:06.000"  # DATETIME(3): indexed, to the ms
     record = state_record(result.series, 7, NOW)
     assert record.series_related_instances == 7
     assert record.study_date == "2026-01-15"
