@@ -12,6 +12,7 @@ away after each query, so nothing done through it lasts.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pipeline.settings import Settings
 
 _READS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _ATTEMPTS = 3
+_EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALY[SZ]E)?\b", re.IGNORECASE)
 
 
 class QueryError(PacsflowError):
@@ -87,6 +89,15 @@ def _check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             f"only a single SELECT (or EXPLAIN) statement is run; this query has {len(statements)}: "
             f"{kinds}. `pacsflow sql` reads the analytics tables, it never changes them"
         )
+    if statements[0].type == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs its statement, whatever it is: only a SELECT may follow EXPLAIN.
+        explained = _EXPLAIN.sub("", statements[0].query, count=1)
+        inner = con.extract_statements(explained)
+        if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
+            raise QueryError(
+                "EXPLAIN [ANALYZE] is run only for a single SELECT. `pacsflow sql` reads the analytics "
+                "tables, it never changes them"
+            )
 
 
 _HINT = (

@@ -52,7 +52,17 @@ class WentBack(Exception):
     """A partition's offsets went back: the broker restarted, or the topic was made again."""
 
 
-_FAILURES: tuple[type[BaseException], ...] = (*topics.BROKER_FAILURES, duckdb.Error, WentBack)
+class BrokerLost(Exception):
+    """The broker stopped answering: the one that answers next may be a new one, which numbers its
+    records from 0 and would take a commit of the old one's offsets."""
+
+
+_FAILURES: tuple[type[BaseException], ...] = (
+    *topics.BROKER_FAILURES,
+    duckdb.Error,
+    WentBack,
+    BrokerLost,
+)
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError)
 _IDLE_PROBE_S = 5.0
 _UNREACHABLE_EVERY_S = 30.0
@@ -260,6 +270,9 @@ class Sink:
         consumer = self._consumer()
         await consumer.start()
         self._failure = None
+        if self._unreachable:
+            self._unreachable, self._unreachable_logged = False, float("-inf")
+            _log.info("analytics_broker_reachable", bootstrap=self._settings.kafka_bootstrap)
         try:
             consumer.subscribe(list(topics.DORIS_BOUND), listener=_Listener(self, consumer))
             # Ready once connected: what it reads waits in the broker meanwhile, so `pacsflow dev`
@@ -270,9 +283,17 @@ class Sink:
                 batch = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=room)
                 if self._failure is not None:
                     raise self._failure
+                if self._unreachable and batch:
+                    raise BrokerLost("the broker answers again: starting over with a new consumer")
                 await self._check_positions(consumer, batch)
                 now = datetime.now(UTC).replace(tzinfo=None)
                 for tp, records in batch.items():
+                    if tp not in self._bases:
+                        # aiokafka fetches as soon as a partition is assigned, before `assigned`
+                        # has given it its base: those records are read again once it has.
+                        if records:
+                            consumer.seek(tp, records[0].offset)
+                        continue
                     self._add(tp, records, now)
                 if self._due():
                     async with self._lock:
@@ -316,7 +337,7 @@ class Sink:
 
     def _add(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]], now: datetime) -> None:
         table = self._tables[tp.topic]
-        base = self._bases.get(tp, 0)
+        base = self._bases[tp]
         for record in records:
             try:
                 day, row = table.row(record.value, now)
@@ -360,6 +381,7 @@ class Sink:
         committed offsets."""
         self._batches, self._rows, self._first_at = {}, 0, None
         self._consumed.clear()
+        self._bases = {}
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
         """When nothing arrives, check that the broker answers: aiokafka retries on its own and
@@ -378,14 +400,22 @@ class Sink:
                     error=describe(exc),
                     note="retrying until it answers",
                 )
+            # What was read is written but not committed: should a new (embedded) broker answer
+            # next, neither these offsets nor its first records may be taken for the old one's.
+            # Without bases, whatever this consumer fetches is left unread (see _consume); once
+            # the broker answers, a new consumer asks it for its commits: the same broker gives
+            # the same ones (the rows written again are copies at the same positions), a new one
+            # none, and the partitions get new bases.
+            async with self._lock:
+                await self._flush(consumer, "broker lost", commit=False)
+                self._drop()
             return
         if self._unreachable:
-            self._unreachable, self._unreachable_logged = False, float("-inf")
-            _log.info("analytics_broker_reachable", bootstrap=self._settings.kafka_bootstrap)
+            raise BrokerLost("the broker answers again: starting over with a new consumer")
 
     # -- writing and committing ----------------------------------------------------------------
 
-    async def _flush(self, consumer: AIOKafkaConsumer, reason: str) -> None:
+    async def _flush(self, consumer: AIOKafkaConsumer, reason: str, *, commit: bool = True) -> None:
         """Write every batch durably, then commit the offsets they cover. The caller holds the
         lock. Raises if a file cannot be written: nothing of it is committed."""
         batches, rows, consumed = self._batches, self._rows, dict(self._consumed)
@@ -403,7 +433,8 @@ class Sink:
             for table, folder in crowded:
                 self.compactor.offer(table, folder)
         self._written.update(consumed)
-        await self._commit(consumer)
+        if commit:
+            await self._commit(consumer)
 
     def _write(self, batches: dict[tuple[str, date], Columns]) -> list[tuple[DorisTable, Path]]:
         """Write each batch as a file; return the folders now due for compaction."""

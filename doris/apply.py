@@ -243,12 +243,12 @@ def _job_plan(state: State, table: DorisTable, brokers: str | None, notes: list[
         last = max(named, key=lambda j: j.id, default=None)
         if (
             last is not None
-            and last.state == "STOPPED"
+            and last.final  # stopped by someone, or cancelled by Doris (too many error rows, say)
             and last.progress
             and last.topic in (None, table.topic)
         ):
             return Recreate(
-                f"create job {table.job}, from where the stopped job {last.id} left off",
+                f"create job {table.job}, from where the {last.state.lower()} job {last.id} left off",
                 table,
                 brokers,
                 last,

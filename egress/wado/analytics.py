@@ -42,6 +42,9 @@ class _Analytics:
 
     def __init__(self, charts_dir: Path) -> None:
         self.charts = CHARTS.is_installed(charts_dir)
+        # Reports run in the default executor, which also reads files for WADO-RS: one at a time,
+        # so that a page asking for all of them (or anyone calling the endpoint) never fills it.
+        self._running = asyncio.Semaphore(1)
         self.assets = {name: PAGE_DIR / name for name in ("analytics.js", "analytics.css")}
         if self.charts:
             self.assets[CHARTS.entry] = charts_dir / CHARTS.entry
@@ -100,7 +103,8 @@ class _Analytics:
             )
         data_dir = request.app[SETTINGS].data_dir
         try:
-            result = await asyncio.to_thread(reports.run, data_dir, name, tenant)
+            async with self._running:
+                result = await asyncio.to_thread(reports.run, data_dir, name, tenant)
         except PacsflowError as exc:  # DuckDB's own message (an unreadable file, ...) says what to fix
             _log.error("analytics_report_failed", report=name, tenant=tenant, error=str(exc))
             raise web.HTTPInternalServerError(text=f"report {name} failed: {exc}") from None

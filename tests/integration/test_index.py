@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from analytics import query as analytics_query
 from tests.conftest import Scp, ScpFactory, WorkerFactory, query
 from tests.support import dicomdata
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
-from tests.support.services import Broker, pacsflow, wait_for
+from tests.support.services import Broker, Service, pacsflow, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.dcmtk]
 
@@ -50,6 +51,27 @@ def run_id() -> int:
     return uuid.uuid4().int % 10**12
 
 
+def analytics_keys(data_dir: Path, table: str, key: str, studies: list[str]) -> tuple[int, int]:
+    """Rows of the analytics table for ``studies`` and their distinct ``key``s, as Doris holds them."""
+    with analytics_query.connect(data_dir) as con:
+        found = con.execute(
+            f"SELECT count(*), count(DISTINCT {key}) FROM {table} WHERE study_uid IN (SELECT unnest(?))",  # noqa: S608
+            [studies],
+        ).fetchone()
+    assert found is not None
+    return int(found[0]), int(found[1])
+
+
+def series_in_analytics(data_dir: Path, studies: list[str]) -> dict[str, int]:
+    with analytics_query.connect(data_dir) as con:
+        found = con.execute(
+            "SELECT series_uid, series_related_instances FROM dicom_state_meta "
+            "WHERE study_uid IN (SELECT unnest(?))",
+            [studies],
+        ).fetchall()
+    return {str(series): int(count) for series, count in found}
+
+
 def test_a_killed_worker_restarts_and_every_instance_is_indexed_once(
     scp: Scp, broker: Broker, database: str, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
@@ -59,6 +81,18 @@ def test_a_killed_worker_restarts_and_every_instance_is_indexed_once(
         uid(run, 2), uid(run, 2, 1), 150, rows=32, columns=32
     )
     files = dicomdata.write_all(datasets, tmp_path / "send")
+    # The analytics sink reads what the killed worker published, some of it twice.
+    sink_dir = tmp_path / "analytics"
+    sink_env = {
+        "PACSFLOW_DATA_DIR": str(sink_dir),
+        "PACSFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "PACSFLOW_KAFKA_SESSION_TIMEOUT_S": "3",
+        "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
+        "PACSFLOW_ANALYTICS_ROLL_S": "0.5",
+    }
+    sink = Service("analytics", sink_env, tmp_path / "sink.log").start()
+    wait_for(lambda: sink.events("analytics_ready") or not sink.alive(), 60, "the analytics sink to start")
+    assert sink.alive(), sink.log_path.read_text()[-3000:]
     worker = start_worker(broker.bootstrap, database, scp.storage_root)
     sender = subprocess.Popen(
         [str(Path("/usr/bin/storescu")), "-aec", "PACSFLOW", "127.0.0.1", str(scp.port), *map(str, files)],
@@ -77,6 +111,31 @@ def test_a_killed_worker_restarts_and_every_instance_is_indexed_once(
     assert series_counts(database) == {uid(run, 1, 1): 150, uid(run, 2, 1): 150}
     sops = {ds.SOPInstanceUID for ds in datasets}
     assert dead_letters(broker, sops, 1, timeout=2) == {}
+
+    # Doris's tables, as the sink holds them: each instance and each series once, none missing.
+    studies = [uid(run, 1), uid(run, 2)]
+    try:
+        wait_for(
+            lambda: analytics_keys(sink_dir, "dicom_image_meta", "sop_uid", studies)[1] == 300,
+            60,
+            "the analytics sink to hold all 300 instances",
+        )
+        assert analytics_keys(sink_dir, "dicom_image_meta", "sop_uid", studies) == (300, 300)
+        wait_for(
+            lambda: analytics_keys(sink_dir, "dicom_object_meta", "sop_uid", studies) == (300, 300),
+            30,
+            "all 300 received objects in dicom_object_meta",
+        )
+        # The index publishes a series' running count per batch: wait for the last one.
+        wait_for(
+            lambda: series_in_analytics(sink_dir, studies) == {uid(run, 1, 1): 150, uid(run, 2, 1): 150},
+            30,
+            "both series in dicom_state_meta with their 150 instances",
+        )
+        assert analytics_keys(sink_dir, "dicom_state_meta", "series_uid", studies) == (2, 2)
+        assert sink.alive(), sink.log_path.read_text()[-3000:]
+    finally:
+        sink.stop()
 
 
 def test_a_corrupt_file_and_a_deleted_file_are_dead_lettered_and_the_rest_flows(

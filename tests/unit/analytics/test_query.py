@@ -65,6 +65,23 @@ def test_only_a_single_read_is_run(history: History, statement: str) -> None:
     assert sorted(root.rglob("*")) == before
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "EXPLAIN ANALYZE COPY (SELECT 1 AS a) TO '{root}/dicom_image_meta/bases.json' (FORMAT csv)",
+        "explain analyse COPY (SELECT 1 AS y) TO '{root}/dicom_image_meta' (FORMAT parquet, OVERWRITE true)",
+        "EXPLAIN DELETE FROM dicom_image_meta",
+    ],
+)
+def test_explain_runs_only_for_a_select(history: History, statement: str) -> None:
+    root = layout.root(history.data_dir)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(query.QueryError, match=r"EXPLAIN \[ANALYZE\] is run only for a single SELECT"):
+        query.execute(history.data_dir, statement.format(root=root))
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert query.execute(history.data_dir, "EXPLAIN ANALYZE SELECT count(*) FROM dicom_image_meta").rows
+
+
 def test_no_file_outside_the_analytics_folder_is_read(history: History, tmp_path: Path) -> None:
     elsewhere = tmp_path / "other.csv"
     elsewhere.write_text("a\n1\n")

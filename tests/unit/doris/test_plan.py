@@ -186,8 +186,19 @@ def test_a_stopped_job_is_absent_and_created_from_where_it_stopped() -> None:
     )
 
 
-def test_a_cancelled_job_is_absent_and_created_from_the_beginning() -> None:
+def test_a_cancelled_job_is_absent_and_created_from_where_doris_cancelled_it() -> None:
+    # From the beginning, the DUPLICATE tables would hold every record loaded before twice.
     cancelled = as_running(STATE_TABLE, state="CANCELLED")
+    (create,) = statements(plan(up_to_date(dicom_state_meta=cancelled), BROKERS, "jobs"))
+    job = parse_routine_load(create)
+    assert (job.source_properties["kafka_partitions"], job.source_properties["kafka_offsets"]) == (
+        "0,1,2",
+        "42,0,OFFSET_BEGINNING",
+    )
+
+
+def test_a_job_that_never_loaded_anything_is_created_from_the_beginning() -> None:
+    cancelled = as_running(STATE_TABLE, state="CANCELLED", progress={})
     (create,) = statements(plan(up_to_date(dicom_state_meta=cancelled), BROKERS, "jobs"))
     assert create == schema.routine_load(STATE_TABLE, BROKERS)
 
