@@ -80,14 +80,15 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
             "or run `pacsflow dev`, which starts an embedded PostgreSQL"
         )
     if command == "scp" and settings.scp_processes > 1:
+        from ingress.scp import tls
         from pipeline import listeners
         from pipeline.dev.supervisor import run_replicas
 
-        # Bound here and handed to every process: the kernel refuses the port to anyone else.
-        listener = listeners.listen(settings.env, listeners.dicom(settings))
-        replicas = run_replicas(
-            "scp", settings.scp_processes, settings.env, "PACSFLOW_SCP_PROCESSES", listener
-        )
+        if settings.scp_tls_cert:
+            tls.server_context(settings)  # a bad certificate is said once, here, not by each process
+        # Bound here and handed to every process: the kernel refuses the ports to anyone else.
+        handed = listeners.listen_all(settings.env, listeners.scp(settings))
+        replicas = run_replicas("scp", settings.scp_processes, settings.env, "PACSFLOW_SCP_PROCESSES", handed)
         lifecycle.run(replicas, fast=False)
     elif command == "scp":
         from ingress.scp.server import serve as serve_scp
@@ -138,8 +139,10 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
         lifecycle.run(show())
     elif command == "viewer-config":
         from egress.viewer.config import fixed
+        from egress.viewer.site import sign_in
 
-        print(fixed(args.dicomweb or f"{settings.public_base}/dicomweb", args.router_basename), end="")
+        dicomweb = args.dicomweb or f"{settings.public_base}/dicomweb"
+        print(fixed(dicomweb, args.router_basename, sign_in(settings)), end="")
     elif command == "doris":
         _doris(args.doris_command, settings, args)
     elif command == "analytics":

@@ -3,8 +3,10 @@
 A port is bound without ``SO_REUSEPORT``, so the kernel itself refuses it to anyone else
 (``EADDRINUSE``): a second install started on the ports of a running one fails at once instead of
 silently taking part of the connections. pacsflow's own processes share a port by inheriting the
-one socket: `pacsflow dev` binds the DICOM and HTTP ports before it starts anything and hands each
-to the children that serve it; `pacsflow scp` with several processes hands its socket to each.
+one socket: `pacsflow dev` binds the DICOM (plain and TLS) and HTTP ports before it starts
+anything and hands each to the children that serve it; `pacsflow scp` with several processes hands
+its sockets to each. Each socket is handed down in a variable of its own (``INHERITED_FD``,
+``INHERITED_TLS_FD``) naming its descriptor.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from pipeline.errors import PacsflowError
@@ -19,7 +22,11 @@ from pipeline.settings import Settings
 
 INHERITED_FD = "LISTENER_FD"
 """The environment variable naming the descriptor of a listening socket handed down by the parent
-(not ``PACSFLOW_*``: those are settings, and settings reject names they do not know)."""
+(not ``PACSFLOW_*``: those are settings, and settings reject names they do not know): the plain
+DICOM port of the SCP, the HTTP port of web."""
+INHERITED_TLS_FD = "LISTENER_TLS_FD"
+"""The same for the SCP's DICOM over TLS port."""
+_INHERITED = (INHERITED_FD, INHERITED_TLS_FD)
 
 BACKLOG = 128  # a burst of modalities or browsers connecting at once is not refused
 
@@ -36,6 +43,21 @@ class Endpoint:
 
 def dicom(settings: Settings) -> Endpoint:
     return Endpoint(settings.scp_host, settings.scp_port, "PACSFLOW_SCP_HOST", "PACSFLOW_SCP_PORT")
+
+
+def dicom_tls(settings: Settings) -> Endpoint:
+    return Endpoint(settings.scp_host, settings.scp_tls_port, "PACSFLOW_SCP_HOST", "PACSFLOW_SCP_TLS_PORT")
+
+
+def scp(settings: Settings) -> dict[str, Endpoint]:
+    """The SCP's endpoints, each by the variable that hands it down: the plain DICOM port unless
+    ``PACSFLOW_SCP_PLAIN=off``, the TLS port when a certificate is set."""
+    endpoints = {}
+    if settings.scp_plain:
+        endpoints[INHERITED_FD] = dicom(settings)
+    if settings.scp_tls_cert:
+        endpoints[INHERITED_TLS_FD] = dicom_tls(settings)
+    return endpoints
 
 
 def http(settings: Settings) -> Endpoint:
@@ -78,23 +100,23 @@ def bind(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
-def listen(env: Mapping[str, str], endpoint: Endpoint) -> socket.socket:
-    """The socket the parent handed down for ``endpoint`` (see ``child_env``), else a new one."""
-    value = env.get(INHERITED_FD)
+def listen(env: Mapping[str, str], endpoint: Endpoint, variable: str = INHERITED_FD) -> socket.socket:
+    """The socket the parent handed down for ``endpoint`` in ``variable`` (see ``child_env``),
+    else a new one."""
+    value = env.get(variable)
     if not value:
         return bind(endpoint)
     try:
         sock = socket.socket(fileno=int(value))
     except (ValueError, OSError) as exc:
         raise PacsflowError(
-            f"{INHERITED_FD}={value!r} is not an open socket: unset it "
-            "(pacsflow sets it for its own processes)"
+            f"{variable}={value!r} is not an open socket: unset it (pacsflow sets it for its own processes)"
         ) from exc
     listening = sock.type == socket.SOCK_STREAM and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     if not listening or sock.getsockname()[1] != endpoint.port:
         sock.detach()  # not ours to close
         raise PacsflowError(
-            f"{INHERITED_FD}={value} is not a socket listening on port {endpoint.port}: unset it "
+            f"{variable}={value} is not a socket listening on port {endpoint.port}: unset it "
             "(pacsflow sets it for its own processes)"
         )
     sock.set_inheritable(False)  # only handed on on purpose (child_env), never leaked to helpers
@@ -102,10 +124,24 @@ def listen(env: Mapping[str, str], endpoint: Endpoint) -> socket.socket:
     return sock
 
 
-def child_env(env: Mapping[str, str], listener: socket.socket | None) -> dict[str, str]:
-    """The environment of a child started with ``pass_fds=(listener.fileno(),)``; without a
-    listener, one it must not believe it inherited."""
-    child = {k: v for k, v in env.items() if k != INHERITED_FD}
-    if listener is not None:
-        child[INHERITED_FD] = str(listener.fileno())
+def listen_all(env: Mapping[str, str], endpoints: Mapping[str, Endpoint]) -> dict[str, socket.socket]:
+    """``listen`` for each endpoint, by its variable; all or none (those taken are closed)."""
+    with ExitStack() as opened:
+        sockets = {
+            variable: opened.enter_context(listen(env, endpoint, variable))
+            for variable, endpoint in endpoints.items()
+        }
+        opened.pop_all()
+        return sockets
+
+
+def child_env(env: Mapping[str, str], handed: Mapping[str, socket.socket]) -> dict[str, str]:
+    """The environment of a child started with ``pass_fds`` of the ``handed`` sockets, each named
+    by its variable; none of the variables of a socket not handed, which it must not believe it
+    inherited."""
+    child = {k: v for k, v in env.items() if k not in _INHERITED}
+    for variable, sock in handed.items():
+        if variable not in _INHERITED:
+            raise ValueError(f"{variable} is not a variable that hands down a listener")
+        child[variable] = str(sock.fileno())
     return child

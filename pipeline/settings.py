@@ -9,6 +9,7 @@ whose values apply where the environment sets none.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -55,11 +56,41 @@ class Settings:
     scp_network_timeout_s: float
     scp_extra_sop_classes: tuple[Uid, ...]
     """Storage SOP classes accepted beyond the standard ones (e.g. a vendor's private class)."""
+    scp_peers: tuple[ScpPeer, ...]
+    """Known calling AE titles (and networks) per tenant; empty: any peer may associate."""
+    scp_plain: bool
+    """Whether the plain (unencrypted) DICOM port listens; off needs TLS."""
+    scp_tls_port: int
+    scp_tls_cert: str
+    """PEM certificate (chain) of the DICOM TLS port; empty: no TLS port."""
+    scp_tls_key: str
+    scp_tls_ca: str
+    """PEM bundle of the CAs whose client certificates the TLS port requires; empty: none asked."""
     http_host: str
     http_port: int
     public_url: str
     cors_origins: tuple[str, ...]
     """Origins whose pages may call the DICOMweb API; ``*`` for any."""
+    http_max_url_bytes: int
+    """Longest request line (method, URL, version) the web server reads."""
+    http_max_header_bytes: int
+    """Longest single request header the web server reads."""
+    auth: str
+    """``off`` or ``jwt``: bearer tokens from the OIDC issuer on every DICOMweb route."""
+    oidc_issuer: str
+    oidc_jwks_url: str
+    """The issuer's keys; empty: ``jwks_uri`` from the issuer's discovery document."""
+    oidc_audience: str
+    oidc_algorithms: tuple[str, ...]
+    """Signature algorithms accepted (asymmetric only); each key is used only with its own kind."""
+    oidc_leeway_s: float
+    oidc_jwks_refresh_s: float
+    """Least seconds between two fetches of the issuer's keys on an unknown ``kid``."""
+    oidc_client_id: str
+    """The viewer's client id at the issuer (a public client: authorization code with PKCE)."""
+    auth_scopes: Mapping[str, str]
+    """Right (read, write, delete, admin) -> the scope that grants it."""
+    auth_tenants_claim: str
     stow_max_part_bytes: int
     """Largest part one STOW-RS request may carry (413 beyond it)."""
     stow_max_request_bytes: int
@@ -189,11 +220,17 @@ def _origins(raw: str) -> tuple[str, ...]:
     return values
 
 
-def _redis_prefix(raw: str) -> str:
-    value = raw.strip()
-    if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", value):
-        raise ValueError(f"{raw!r} is not 1-64 letters, digits or `_.:-`")
-    return value
+def _matching(pattern: str, what: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"{raw!r} is not {what}")
+        return value
+
+    return parse
+
+
+_redis_prefix = _matching(r"[A-Za-z0-9_.:\-]{1,64}", "1-64 letters, digits or `_.:-`")
 
 
 def _ae_title(raw: str) -> str:
@@ -283,6 +320,13 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _issuer(raw: str) -> str:
+    value = raw.strip()  # not rstrip("/"): PyJWT compares `iss` as written
+    if value and not value.startswith(("https://", "http://")):
+        raise ValueError(f"{raw!r} does not start with https:// or http://")
+    return value
+
+
 def _on_off(raw: str) -> bool:
     value = raw.strip().lower()
     if value not in ("on", "off"):
@@ -290,14 +334,20 @@ def _on_off(raw: str) -> bool:
     return value == "on"
 
 
-def _positive_seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a number of seconds") from None
-    if not 0.05 <= value <= 3600:
-        raise ValueError(f"{raw!r} is not between 0.05 and 3600 seconds")
-    return value
+def _seconds_between(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number of seconds") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{raw!r} is not between {lo:g} and {hi:g} seconds")
+        return value
+
+    return parse
+
+
+_positive_seconds = _seconds_between(0.05, 3600)
 
 
 def _viewer(raw: str) -> str:
@@ -316,6 +366,84 @@ def _node_id(raw: str) -> str:
     if len(value) > 64:
         raise ValueError(f"{value!r} is longer than 64 characters")
     return value
+
+
+@dataclass(frozen=True)
+class ScpPeer:
+    """A calling AE title allowed to associate for ``tenant``, from ``network`` when one is given."""
+
+    ae_title: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    tenant: TenantId
+
+
+def _peers(raw: str) -> tuple[ScpPeer, ...]:
+    peers = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        left, sep, tenant = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not CALLING_AE[@network]=tenant (e.g. CT1@10.1.0.0/16=hospital_a)")
+        ae, at, network = left.partition("@")
+        try:
+            net = ipaddress.ip_network(network.strip(), strict=False) if at else None
+        except ValueError:
+            raise ValueError(
+                f"{network!r} in {item!r} is not a network (10.1.0.0/16, 10.1.2.3, fd00::/8)"
+            ) from None
+        peers.append(ScpPeer(_ae_title(ae), net, _tenant(tenant.strip())))
+    return tuple(peers)
+
+
+def _path_or_empty(raw: str) -> str:
+    value = raw.strip()
+    return str(Path(value).expanduser().absolute()) if value else ""
+
+
+# Asymmetric signatures only: HMAC would let anyone holding the issuer's public key sign, and
+# `none` is no signature at all.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in raw.split(",") if v.strip())
+    bad = [v for v in values if v not in ASYMMETRIC_ALGORITHMS]
+    if bad or not values:
+        named = ", ".join(bad) or "nothing"
+        raise ValueError(
+            f"{named}: only asymmetric algorithms are accepted ({', '.join(ASYMMETRIC_ALGORITHMS)})"
+        )
+    return values
+
+
+RIGHTS = ("read", "write", "delete", "admin")
+
+
+def _scopes(raw: str) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        right, sep, scope = item.partition("=")
+        right, scope = right.strip(), scope.strip()
+        if not sep or right not in RIGHTS or not scope or " " in scope:
+            raise ValueError(f"{item!r} is not right=scope with a right among {', '.join(RIGHTS)}")
+        mapping[right] = scope
+    missing = [r for r in RIGHTS if r not in mapping]
+    if missing:
+        raise ValueError(f"no scope given for {', '.join(missing)}")
+    return mapping
+
+
+_claim = _matching(r"[A-Za-z0-9_:/.\-]{1,128}", "a claim name")
 
 
 _PORT = _int(0, 65535)
@@ -426,6 +554,58 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             _uid_list,
         ),
     ),
+    (
+        "scp_peers",
+        Setting(
+            "PACSFLOW_SCP_PEERS",
+            "",
+            "known peers, `CALLING_AE[@network]=tenant,...` "
+            "(e.g. `CT1=hospital_a,MR2@10.2.0.0/16=hospital_b`): "
+            "when set, only they may associate (C-ECHO too), each for its tenant, and only to an AE title "
+            "pacsflow answers to; empty: any peer",
+            _peers,
+        ),
+    ),
+    (
+        "scp_plain",
+        Setting(
+            "PACSFLOW_SCP_PLAIN",
+            "on",
+            "`on`: the plain DICOM port listens; `off`: DICOM over TLS only (needs `PACSFLOW_SCP_TLS_CERT`)",
+            _on_off,
+        ),
+    ),
+    (
+        "scp_tls_port",
+        Setting(
+            "PACSFLOW_SCP_TLS_PORT",
+            "2762",
+            "DICOM over TLS port (2762 is DICOM's), listening when `PACSFLOW_SCP_TLS_CERT` is set",
+            _SERVICE_PORT,
+        ),
+    ),
+    (
+        "scp_tls_cert",
+        Setting(
+            "PACSFLOW_SCP_TLS_CERT",
+            "",
+            "PEM certificate (with its chain) of the DICOM TLS port; empty: no TLS port",
+            _path_or_empty,
+        ),
+    ),
+    (
+        "scp_tls_key",
+        Setting("PACSFLOW_SCP_TLS_KEY", "", "PEM private key of `PACSFLOW_SCP_TLS_CERT`", _path_or_empty),
+    ),
+    (
+        "scp_tls_ca",
+        Setting(
+            "PACSFLOW_SCP_TLS_CA",
+            "",
+            "PEM CA bundle: when set, the TLS port requires a client certificate signed by one of them",
+            _path_or_empty,
+        ),
+    ),
     ("http_host", Setting("PACSFLOW_HTTP_HOST", "0.0.0.0", "address the HTTP server binds", _text)),
     (
         "http_port",
@@ -452,6 +632,117 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "*",
             "origins (`https://viewer.example.org,...`) whose pages may call DICOMweb; `*`: any",
             _origins,
+        ),
+    ),
+    (
+        "http_max_url_bytes",
+        Setting(
+            "PACSFLOW_HTTP_MAX_URL_BYTES",
+            "8190",
+            "longest HTTP request line (method, URL, version) read; longer: 400",
+            _int(256, 1 << 20),
+        ),
+    ),
+    (
+        "http_max_header_bytes",
+        Setting(
+            "PACSFLOW_HTTP_MAX_HEADER_BYTES",
+            "16380",
+            "longest single HTTP request header read (a bearer token included); longer: 400",
+            _int(256, 1 << 20),
+        ),
+    ),
+    (
+        "auth",
+        Setting(
+            "PACSFLOW_AUTH",
+            "off",
+            "`jwt`: every DICOMweb route (and the analytics reports) needs a bearer token from "
+            "`PACSFLOW_OIDC_ISSUER`; "
+            "`off`: anyone who reaches the port reads, stores and deletes",
+            _choice(("off", "jwt")),
+        ),
+    ),
+    (
+        "oidc_issuer",
+        Setting(
+            "PACSFLOW_OIDC_ISSUER",
+            "",
+            "the OpenID Connect issuer, exactly as its tokens' `iss` writes it (e.g. "
+            "`https://login.example.org/realms/pacs`; Auth0's ends in `/`)",
+            _issuer,
+        ),
+    ),
+    (
+        "oidc_jwks_url",
+        Setting(
+            "PACSFLOW_OIDC_JWKS_URL",
+            "",
+            "the issuer's signing keys (JWKS); empty: `jwks_uri` from "
+            "`<issuer>/.well-known/openid-configuration`",
+            _url(("http", "https")),
+        ),
+    ),
+    (
+        "oidc_audience",
+        Setting("PACSFLOW_OIDC_AUDIENCE", "pacsflow", "the `aud` every token must name", _text),
+    ),
+    (
+        "oidc_algorithms",
+        Setting(
+            "PACSFLOW_OIDC_ALGORITHMS",
+            ",".join(ASYMMETRIC_ALGORITHMS),
+            "signature algorithms accepted, asymmetric only; a key is used only with algorithms of its kind",
+            _algorithms,
+        ),
+    ),
+    (
+        "oidc_leeway_s",
+        Setting(
+            "PACSFLOW_OIDC_LEEWAY_S",
+            "30",
+            "clock skew allowed on `exp` and `nbf`, seconds (0-300)",
+            _seconds_between(0, 300),
+        ),
+    ),
+    (
+        "oidc_jwks_refresh_s",
+        Setting(
+            "PACSFLOW_OIDC_JWKS_REFRESH_S",
+            "60",
+            "least seconds between two fetches of the issuer's keys when a token names an unknown key "
+            "(keys are fetched again at least hourly)",
+            _positive_seconds,
+        ),
+    ),
+    (
+        "oidc_client_id",
+        Setting(
+            "PACSFLOW_OIDC_CLIENT_ID",
+            "pacsflow-viewer",
+            "the viewer's client id at the issuer: a public client, authorization code with PKCE, "
+            "redirect URI `<pacsflow>/callback`",
+            _text,
+        ),
+    ),
+    (
+        "auth_scopes",
+        Setting(
+            "PACSFLOW_AUTH_SCOPES",
+            "read=dicomweb.read,write=dicomweb.write,delete=dicomweb.delete,admin=dicomweb.admin",
+            "the scope granting each right: read (QIDO, WADO, metadata, frames, rendered), write (STOW-RS), "
+            "delete (DELETE), admin (every right, every tenant, `/analytics`)",
+            _scopes,
+        ),
+    ),
+    (
+        "auth_tenants_claim",
+        Setting(
+            "PACSFLOW_AUTH_TENANTS_CLAIM",
+            "tenants",
+            "the claim naming the tenants a token may use (a string or a list); a token without it may "
+            "use the default tenant only",
+            _claim,
         ),
     ),
     (
@@ -722,6 +1013,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             values[name] = setting.parse(raw)
         except ValueError as exc:
             problems.append(f"{setting.env}={raw!r}: {exc}. Expected: {setting.meaning}")
+    problems.extend(_inconsistent(values) if not problems else [])
     if problems:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
     data_dir = Path(values["data_dir"]).expanduser().absolute()
@@ -730,6 +1022,36 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values["storage_root"] = (Path(root).expanduser() if root else data_dir / "storage").absolute()
     values["env"] = source
     return Settings(**values)
+
+
+def _inconsistent(values: Mapping[str, Any]) -> list[str]:
+    """Settings that are each valid but not together."""
+    problems = []
+    if bool(values["scp_tls_cert"]) != bool(values["scp_tls_key"]):
+        problems.append("PACSFLOW_SCP_TLS_CERT and PACSFLOW_SCP_TLS_KEY go together: set both, or neither")
+    if values["scp_tls_ca"] and not values["scp_tls_cert"]:
+        problems.append(
+            "PACSFLOW_SCP_TLS_CA asks for client certificates on the TLS port: set PACSFLOW_SCP_TLS_CERT too"
+        )
+    if not values["scp_plain"] and not values["scp_tls_cert"]:
+        problems.append(
+            "PACSFLOW_SCP_PLAIN=off leaves no DICOM port: set PACSFLOW_SCP_TLS_CERT and _KEY, or leave it on"
+        )
+    if values["scp_tls_cert"]:
+        clashes = {"PACSFLOW_SCP_PORT": values["scp_port"], "PACSFLOW_HTTP_PORT": values["http_port"]}
+        for name, port in clashes.items():
+            if port == values["scp_tls_port"] and (name != "PACSFLOW_SCP_PORT" or values["scp_plain"]):
+                problems.append(f"PACSFLOW_SCP_TLS_PORT and {name} are both {port}: choose two ports")
+    reachable = {values["default_tenant"], *values["scp_tenants"].values()}
+    for peer in values["scp_peers"]:
+        if peer.tenant not in reachable:
+            problems.append(
+                f"PACSFLOW_SCP_PEERS: {peer.ae_title} may store for tenant {peer.tenant!r}, which no "
+                "called AE title reaches: map one to it in PACSFLOW_SCP_TENANTS (e.g. CT1=tenant)"
+            )
+    if values["auth"] == "jwt" and not values["oidc_issuer"]:
+        problems.append("PACSFLOW_AUTH=jwt needs PACSFLOW_OIDC_ISSUER (the `iss` tokens must carry)")
+    return problems
 
 
 def field_names() -> list[str]:

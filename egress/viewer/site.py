@@ -10,13 +10,22 @@ DICOMweb paths never reach here with a page: an unknown DICOMweb route stays a J
 
 Names with webpack's content hash (``app.bundle.0f6159c501addfe9.js``) never change, so browsers
 keep them a year without asking; every other file is revalidated (ETag) on each load.
+
+Pages carry a Content-Security-Policy that the OHIF release runs under (tests/e2e/test_viewer.py
+and test_viewer_signin.py fail on any violation): scripts from pacsflow only, plus the page's own
+inline scripts by their hashes; WebAssembly for the image codecs; fetches to pacsflow and, with
+sign-in, to the issuer; never framed.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+from collections.abc import Iterable, Mapping
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
@@ -37,6 +46,8 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 _HASHED = re.compile(r"(?:^|\.)[0-9a-f]{16,}\.[a-z0-9]+$")
 _TENANT = re.compile(r"^tenants/([^/]*)(?:/(.*))?$", re.DOTALL)
+REFERRER_POLICY = "no-referrer"
+FRAME_OPTIONS = "DENY"
 
 
 def cache_control(name: str) -> str:
@@ -54,13 +65,94 @@ def wants_page(request: web.Request, path: str) -> bool:
     return named and _page_like(path)
 
 
+class _InlineScripts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.scripts: list[str] = []
+        self._inside: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script" and not any(name == "src" for name, _ in attrs):
+            self._inside = []
+
+    def handle_data(self, data: str) -> None:
+        if self._inside is not None:
+            self._inside.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script" and self._inside is not None:
+            self.scripts.append("".join(self._inside))
+            self._inside = None
+
+
+def inline_script_hashes(page: bytes) -> list[str]:
+    """CSP sources allowing exactly the page's inline scripts (OHIF's sets ``window.PUBLIC_URL``)."""
+    parser = _InlineScripts()
+    parser.feed(page.decode("utf-8"))
+    parser.close()
+    digests = (hashlib.sha256(script.encode("utf-8")).digest() for script in parser.scripts)
+    return list(dict.fromkeys(f"'sha256-{base64.b64encode(d).decode()}'" for d in digests))
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def content_security_policy(page: bytes, connect: Iterable[str] = ()) -> str:
+    """The policy of one OHIF build's pages; ``connect``: origins fetched beyond pacsflow's own."""
+    directives = {
+        "default-src": ["'self'"],
+        # No 'unsafe-eval', no 'unsafe-inline': OHIF needs neither. WebAssembly (its image codecs,
+        # onnxruntime for its segmentation tools) compiles only with 'wasm-unsafe-eval', which
+        # lets no JavaScript be evaluated.
+        "script-src": ["'self'", "'wasm-unsafe-eval'", *inline_script_hashes(page)],
+        # OHIF's components add <style> elements as they run; chromium refuses them without it.
+        "style-src": ["'self'", "'unsafe-inline'"],
+        # Thumbnails and rendered frames are shown as blob: URLs, icons as data: URLs.
+        "img-src": ["'self'", "data:", "blob:"],
+        "font-src": ["'self'", "data:"],
+        "media-src": ["'self'", "blob:"],
+        "connect-src": ["'self'", *dict.fromkeys(connect)],
+        # The decoders run in workers, some built from blob: URLs.
+        "worker-src": ["'self'", "blob:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        # OHIF's iframe token renewal (silent-refresh.html) is not used: oidc-client-ts renews with
+        # the refresh token, a fetch. So no page of the viewer is ever framed.
+        "frame-ancestors": ["'none'"],
+    }
+    return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives.items())
+
+
+def security_headers(page: bytes, connect: Iterable[str] = ()) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": content_security_policy(page, connect),
+        # Browsers before CSP's frame-ancestors.
+        "X-Frame-Options": FRAME_OPTIONS,
+        # A study's address (its UIDs) is not told to any site the page links to or loads from.
+        "Referrer-Policy": REFERRER_POLICY,
+    }
+
+
+def sign_in(settings: Settings) -> config.SignIn | None:
+    """How the viewer signs in, with ``PACSFLOW_AUTH=jwt``: at the issuer whose tokens the DICOMweb
+    routes require, asking for the scopes of the viewer's rights (read, and write for uploads)."""
+    if settings.auth != "jwt":
+        return None
+    scopes = settings.auth_scopes
+    return config.SignIn(settings.oidc_issuer, settings.oidc_client_id, (scopes["read"], scopes["write"]))
+
+
 class _Generated:
     """A small text answer built once: the page and the configuration. A few kilobytes, sent as
     they are: one representation, one ETag."""
 
-    def __init__(self, body: bytes, content_type: str) -> None:
+    def __init__(self, body: bytes, content_type: str, headers: Mapping[str, str]) -> None:
         self.body = body
         self.content_type = content_type
+        self.headers = headers
         self.etag = hashlib.sha256(body).hexdigest()[:20]
 
     def response(self, request: web.Request) -> web.StreamResponse:
@@ -70,6 +162,8 @@ class _Generated:
             response = web.Response(body=self.body, content_type=self.content_type, charset="utf-8")
         response.etag = self.etag
         response.headers[hdrs.CACHE_CONTROL] = REVALIDATE
+        for name, value in self.headers.items():
+            response.headers[name] = value
         return response
 
 
@@ -78,9 +172,15 @@ class Site:
 
     def __init__(self, folder: Path, settings: Settings) -> None:
         self.folder = folder.resolve()
-        self.page = _Generated((folder / "index.html").read_bytes(), "text/html")
+        page = (folder / "index.html").read_bytes()
         public = settings.public_base if settings.public_url else None
-        self.config = _Generated(config.served(public).encode(), "text/javascript")
+        signing_in = sign_in(settings)
+        # A public URL on another origin than the page's (a proxy rewriting hosts) is where the
+        # configuration sends DICOMweb requests.
+        connect = [origin(url) for url in (public, signing_in.issuer if signing_in else None) if url]
+        self.headers = security_headers(page, connect)
+        self.page = _Generated(page, "text/html", self.headers)
+        self.config = _Generated(config.served(public, signing_in).encode(), "text/javascript", self.headers)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
@@ -94,7 +194,12 @@ class Site:
             return self.config.response(request)
         file = self._file(path)
         if file is not None:
-            return web.FileResponse(file, headers={hdrs.CACHE_CONTROL: cache_control(file.name)})
+            headers: dict[str, str] = {hdrs.CACHE_CONTROL: cache_control(file.name)}
+            if file.suffix == ".html":
+                # Other pages of the build (silent-refresh.html loads a script from a CDN) run
+                # under the same policy: nothing but pacsflow's own scripts in its origin.
+                headers.update(self.headers)
+            return web.FileResponse(file, headers=headers)
         if wants_page(request, path):
             return self.page.response(request)
         hint = "; its pages go to requests that accept text/html" if _page_like(path) else ""
@@ -126,6 +231,9 @@ such page, set <code>PACSFLOW_VIEWER=off</code>.
 """
 
 
+_NOT_INSTALLED_HEADERS = security_headers(_NOT_INSTALLED.encode())
+
+
 def add_routes(app: web.Application, settings: Settings, release_dir: Path | None = None) -> None:
     """The viewer's routes; add them last: they answer every path nothing else does.
 
@@ -152,7 +260,9 @@ def add_routes(app: web.Application, settings: Settings, release_dir: Path | Non
             path = request.match_info["path"]
             if is_dicomweb(request.path) or not wants_page(request, path):
                 raise NotFound(f"{request.path}: no such route")
-            return web.Response(status=503, text=_NOT_INSTALLED, content_type="text/html")
+            return web.Response(
+                status=503, text=_NOT_INSTALLED, content_type="text/html", headers=_NOT_INSTALLED_HEADERS
+            )
 
         app.router.add_get("/{path:.*}", not_installed)
         return

@@ -20,6 +20,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from aiokafka import AIOKafkaProducer
 
+from egress.auth.guard import IDENTITY
 from egress.wado.keys import SETTINGS
 from egress.wado.urls import is_dicomweb
 from pipeline import log, topics
@@ -153,6 +154,7 @@ class AccessLogger(AbstractAccessLogger):
         info = request.match_info
         route = info.route.resource.canonical if info.route.resource is not None else request.path
         tenant = info.get("tenant", settings.default_tenant)
+        identity = request.get(IDENTITY)
         record = WadoAccessLog(
             tenant_id=tenant,
             route=route[:128],
@@ -166,6 +168,8 @@ class AccessLogger(AbstractAccessLogger):
             trace_id=request.get(TRACE_ID, ""),
             created_time=doris_datetime(datetime.now(UTC)),
             worker_node_id=settings.node_id,
+            subject=identity.subject if identity else None,
+            client_id=identity.client_id if identity else None,
         )
         # The topic is DICOMweb's (unknown DICOMweb paths included): health checks and the
         # viewer's own files are not analytics.
@@ -182,4 +186,6 @@ class AccessLogger(AbstractAccessLogger):
             tenant=tenant,
             client=record.client_address,
             trace_id=record.trace_id,
+            subject=record.subject,
+            client_id=record.client_id,
         )

@@ -105,9 +105,11 @@ class _Analytics:
         try:
             async with self._running:
                 result = await asyncio.to_thread(reports.run, data_dir, name, tenant)
-        except PacsflowError as exc:  # DuckDB's own message (an unreadable file, ...) says what to fix
+        except PacsflowError as exc:  # DuckDB's message quotes the SQL: the log has it, not the answer
             _log.error("analytics_report_failed", report=name, tenant=tenant, error=str(exc))
-            raise web.HTTPInternalServerError(text=f"report {name} failed: {exc}") from None
+            raise web.HTTPInternalServerError(
+                text=f"report {name} failed; the server log has the details (analytics_report_failed)"
+            ) from None
         return _json({"name": name, "tenant": tenant, "columns": result.columns, "rows": result.rows})
 
 

@@ -8,9 +8,14 @@ import logging
 import resource
 from collections.abc import AsyncIterator
 
+import aiohttp
 import asyncpg
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from egress.auth.guard import JUDGE, expect_token, guard
+from egress.auth.keys import IssuerKeys, KeysUnavailable
+from egress.auth.tokens import TokenJudge
 from egress.viewer import site as viewer
 from egress.wado import analytics, delete, metadata, qido, retrieve, stow
 from egress.wado.access_log import ACCESS_LOG, AccessLogger, AccessLogPublisher, echo_trace_id, tracing
@@ -32,7 +37,11 @@ _log = log.get(__name__)
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app.middlewares.extend([tracing, cors(app, settings.cors_origins), errors])
+    if settings.auth == "jwt":
+        app.middlewares.append(guard(settings))
+        app.cleanup_ctx.append(_auth)
     app.on_response_prepare.append(echo_trace_id)
+    app.on_response_prepare.append(_no_sniffing)
     app[SETTINGS] = settings
     app[BUILDER] = MetadataBuilder(
         StorageLayout(settings.storage_root),
@@ -49,11 +58,31 @@ def create_app(settings: Settings) -> web.Application:
     qido.add_routes(app, PREFIXES)
     retrieve.add_routes(app, PREFIXES)
     # STOW-RS streams its body with the multipart reader: client_max_size (1 MiB) does not apply.
-    stow.add_routes(app, PREFIXES)
+    stow.add_routes(app, PREFIXES, expect_token(settings) if settings.auth == "jwt" else None)
     delete.add_routes(app, PREFIXES)
     analytics.add_routes(app)
     viewer.add_routes(app, settings)
     return app
+
+
+async def _no_sniffing(request: web.Request, response: web.StreamResponse) -> None:
+    # Every answer is what its Content-Type says: a browser never runs a DICOM file or a JSON
+    # error as a script or a page.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+async def _auth(app: web.Application) -> AsyncIterator[None]:
+    """The issuer's keys, fetched once now so that the first request does not wait for them."""
+    settings = app[SETTINGS]
+    # trust_env: a hospital network often reaches its identity provider only through HTTPS_PROXY.
+    async with aiohttp.ClientSession(trust_env=True) as session:
+        keys = IssuerKeys(settings, session)
+        app[JUDGE] = TokenJudge(settings, keys)
+        try:
+            await keys.get(None)
+        except KeysUnavailable as exc:  # the server starts anyway: the issuer may come up later
+            _log.warning("issuer_keys_unavailable_at_start", error=str(exc))
+        yield
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -107,6 +136,23 @@ async def _outbox(app: web.Application) -> AsyncIterator[None]:
     outbox.close()
 
 
+class _NoRequestBytes(logging.Filter):
+    """aiohttp logs a request it cannot parse with the bytes it choked on: an oversized
+    ``Authorization`` header would put a bearer token in the log. Keep the kind of fault, not the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fault = record.exc_info[1] if record.exc_info else None
+        if isinstance(fault, HttpProcessingError):
+            record.msg, record.args = "http_request_refused: %s (%s)", (type(fault).__name__, fault.code)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_PROTOCOL_LOG = logging.getLogger("pacsflow.http")
+_PROTOCOL_LOG.addFilter(_NoRequestBytes())
+
+
 def _open_files_to_the_hard_limit() -> None:
     """A study's retrieve holds all its files open from before its first byte (``retrieve``): a
     3,000-image study needs 3,000 descriptors, and systemd's default soft limit is 1,024. Any
@@ -126,8 +172,17 @@ async def serve(settings: Settings) -> None:
     # Handed down by `pacsflow dev`, else bound here, before anything is opened: a port another
     # server holds (no SO_REUSEPORT: no one shares it) ends the start at once.
     listener = listeners.listen(settings.env, listeners.http(settings))
+    if settings.auth == "off":
+        _log.warning(
+            "auth_off", fix="anyone who reaches this port reads, stores and deletes: set PACSFLOW_AUTH=jwt"
+        )
     runner = web.AppRunner(
-        create_app(settings), access_log=logging.getLogger("pacsflow.access"), access_log_class=AccessLogger
+        create_app(settings),
+        access_log=logging.getLogger("pacsflow.access"),
+        access_log_class=AccessLogger,
+        max_line_size=settings.http_max_url_bytes,
+        max_field_size=settings.http_max_header_bytes,
+        logger=_PROTOCOL_LOG,
     )
     await runner.setup()
     await web.SockSite(runner, listener).start()

@@ -13,7 +13,9 @@ from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ALLOWED_HEADERS = "Accept, Authorization, Content-Type, If-None-Match, X-Request-ID"
-EXPOSED_HEADERS = "Content-Type, Content-Length, Content-Encoding, ETag, Warning, X-Request-ID"
+EXPOSED_HEADERS = (
+    "Content-Type, Content-Length, Content-Encoding, ETag, Warning, WWW-Authenticate, X-Request-ID"
+)
 
 
 def cors(app: web.Application, origins: tuple[str, ...]) -> Middleware:

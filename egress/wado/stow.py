@@ -21,7 +21,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from pipeline.models import Uid
 from pipeline.stores.files import TEMP_SUFFIX, StorageLayout
 
 _log = log.get(__name__)
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 DICOM_JSON = "application/dicom+json"
 AE_TITLE = "STOW-RS"
@@ -359,8 +360,11 @@ async def _sweep_leftovers(app: web.Application) -> None:
         _log.info("stow_leftovers_removed", folder=str(incoming), files=len(removed))
 
 
-def add_routes(app: web.Application, prefixes: tuple[str, ...]) -> None:
+def add_routes(
+    app: web.Application, prefixes: tuple[str, ...], expect_handler: ExpectHandler | None = None
+) -> None:
+    """``expect_handler``: who answers ``Expect: 100-continue`` (the guard, with auth on)."""
     app.on_startup.append(_sweep_leftovers)
     for prefix in prefixes:
-        app.router.add_post(f"{prefix}/studies", store)
-        app.router.add_post(f"{prefix}/studies/{{study}}", store)
+        app.router.add_post(f"{prefix}/studies", store, expect_handler=expect_handler)
+        app.router.add_post(f"{prefix}/studies/{{study}}", store, expect_handler=expect_handler)

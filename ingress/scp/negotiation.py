@@ -70,6 +70,8 @@ def _reaches(later: dict[str, set[str]], start: str, goal: str) -> bool:
 def accept_first_proposed(event: Event) -> None:
     """EVT_REQUESTED, before pynetdicom negotiates: order this association's supported syntaxes so
     that each context gets its first proposed syntax that can be stored (see the module docstring)."""
+    if event.assoc.is_rejected:  # by ``admission.reject_unknown_peers``: nothing to negotiate
+        return
     request = event.assoc.requestor.primitive
     assert request is not None  # set before EVT_REQUESTED is triggered
     proposed: dict[str, list[Sequence[str]]] = {}

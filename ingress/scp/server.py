@@ -5,12 +5,15 @@ are durable (``InstanceReceiver``); the loop's only job is the outbox publisher,
 store.
 
 Transfer syntax negotiation is ``negotiation.accept_first_proposed``: the modality's order wins.
+Known peers (``peers``) are checked at the association request (``admission``), on the plain port
+and on the TLS port alike: both are served by the same AE with the same handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from typing import Any
 
@@ -20,8 +23,11 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
+from ingress.scp import tls
+from ingress.scp.admission import reject_unknown_peers
 from ingress.scp.handlers import handle_accepted, handle_closed, handle_store
 from ingress.scp.negotiation import accept_first_proposed
+from ingress.scp.peers import KnownPeers
 from pipeline import lifecycle, listeners, log
 from pipeline.errors import PacsflowError
 from pipeline.ingest import InstanceReceiver
@@ -50,6 +56,32 @@ class ListenerServer(ThreadedAssociationServer):
 
     def server_activate(self) -> None:
         """The listener already listens."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context is not None:
+            # Not pynetdicom's wrap, which shakes hands here, on the one thread that accepts: a
+            # peer that connects and says nothing would hold up every other connection.
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """On the connection's own thread: the TLS handshake first, if any, then the association."""
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.ae.acse_timeout)
+                request.do_handshake()
+                request.settimeout(None)  # as pynetdicom has its sockets: blocking, its own timers
+            except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
+                _log.warning(
+                    "tls_handshake_failed",
+                    address=str(client_address[0]),
+                    reason=str(getattr(exc, "reason", None) or exc),
+                )
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
     def server_close(self) -> None:
         # Only this process's descriptor: pynetdicom's shutdown(SHUT_RDWR) would stop the socket
@@ -84,9 +116,11 @@ def build_ae(settings: Settings) -> AE:
 
 async def serve(settings: Settings) -> None:
     stop = lifecycle.stop_on_signals()
+    # A bad certificate or key ends the start before any port is taken.
+    context = tls.server_context(settings) if settings.scp_tls_cert else None
     # Handed down by `pacsflow dev` or `pacsflow scp` with several processes, else bound here,
     # before anything is opened: a port another server holds ends the start at once.
-    listener = listeners.listen(settings.env, listeners.dicom(settings))
+    sockets = listeners.listen_all(settings.env, listeners.scp(settings))
     settings.storage_root.mkdir(parents=True, exist_ok=True)
     outbox = Outbox.open_slot(settings.outbox_dir, "scp")
     publisher = OutboxPublisher(settings, outbox)
@@ -97,22 +131,36 @@ async def serve(settings: Settings) -> None:
             handle_store,
             [receiver, settings.scp_tenants, settings.default_tenant, publisher.notify],
         ),
+        # Bound first: a refused peer is answered before anything is negotiated for it.
+        (evt.EVT_REQUESTED, reject_unknown_peers, [KnownPeers.from_settings(settings)]),
         (evt.EVT_REQUESTED, accept_first_proposed),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_RELEASED, handle_closed),
         (evt.EVT_ABORTED, handle_closed),
     ]
-    address = (settings.scp_host, settings.scp_port)
-    server = build_ae(settings).make_server(
-        address, evt_handlers=handlers, server_class=ListenerServer, listener=listener
-    )
-    threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
+    ae = build_ae(settings)
+    servers = [
+        ae.make_server(
+            (settings.scp_host, sock.getsockname()[1]),
+            evt_handlers=handlers,
+            ssl_context=context if variable == listeners.INHERITED_TLS_FD else None,
+            server_class=ListenerServer,
+            listener=sock,
+        )
+        for variable, sock in sockets.items()
+    ]
+    for server in servers:
+        name = f"scp-acceptor-{server.server_address[1]}"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     publishing = asyncio.create_task(publisher.run(), name="outbox-publisher")
     publishing.add_done_callback(lambda _: stop.set())  # it only ends on a bug: exit, be restarted
     _log.info(
         "scp_listening",
         host=settings.scp_host,
-        port=settings.scp_port,
+        port=settings.scp_port if settings.scp_plain else None,
+        tls_port=settings.scp_tls_port if context is not None else None,
+        client_certificates=bool(settings.scp_tls_ca),
+        known_peers=len(settings.scp_peers),
         ae_title=settings.scp_ae_title,
         storage_root=str(settings.storage_root),
         pending_events=outbox.pending(),
@@ -121,7 +169,8 @@ async def serve(settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
         await publisher.stop()
         publishing.cancel()
         outbox.close()

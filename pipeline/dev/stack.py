@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import socket
 import sys
 from collections.abc import Mapping
 
+from ingress.scp import tls
 from pipeline import lifecycle, listeners, log, topics
 from pipeline.dev import broker, postgres
 from pipeline.dev.supervisor import ChildSpec, Supervisor
@@ -30,9 +32,12 @@ def _service(name: str, env: Mapping[str, str]) -> ChildSpec:
     return ChildSpec(name, [sys.executable, "-m", "pipeline", name], env)
 
 
-def plan(settings: Settings, dicom: socket.socket, http: socket.socket) -> tuple[list[ChildSpec], Settings]:
-    """The children to start, the SCP and web serving on the ``dicom`` and ``http`` listeners, and
-    the settings they will see (embedded broker and database filled in)."""
+def plan(
+    settings: Settings, dicom: Mapping[str, socket.socket], http: socket.socket
+) -> tuple[list[ChildSpec], Settings]:
+    """The children to start, the SCP serving on the ``dicom`` listeners (by the variable that hands
+    each down) and web on the ``http`` one, and the settings they will see (embedded broker and
+    database filled in)."""
     env = {k: v for k, v in settings.env.items() if k != ENV_FILE}
     env["PACSFLOW_DATA_DIR"] = str(settings.data_dir)
     env["PACSFLOW_STORAGE_ROOT"] = str(settings.storage_root)
@@ -78,9 +83,9 @@ def plan(settings: Settings, dicom: socket.socket, http: socket.socket) -> tuple
     created_topics = lambda: topics.ensure_topics(effective)  # noqa: E731
     specs = [dataclasses.replace(s, after_ready=created_topics) if s.name == "broker" else s for s in specs]
     specs += [
-        dataclasses.replace(_service("scp", env), listener=dicom, before_start=lambda: _migrate(effective)),
+        dataclasses.replace(_service("scp", env), listeners=dicom, before_start=lambda: _migrate(effective)),
         dataclasses.replace(_service("worker", env), after_ready=lambda: _reconcile_soon(effective)),
-        dataclasses.replace(_service("web", env), listener=http),
+        dataclasses.replace(_service("web", env), listeners={listeners.INHERITED_FD: http}),
     ]
     if settings.analytics:
         specs.append(_service("analytics", env))
@@ -115,11 +120,26 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
     broker_note = " (embedded Tansu, memory only)" if embedded_broker else ""
     db_note = " (embedded)" if embedded_db else ""
     analytics = settings.data_dir / "analytics"
+    ae = f"AE title {settings.scp_ae_title}"
+    known_peers = f", {len(settings.scp_peers)} known peers only" if settings.scp_peers else ""
+    client_certificates = ", client certificates required" if settings.scp_tls_ca else ""
     return "\n".join(
         [
             "",
             "pacsflow is running",
-            f"  DICOM (C-STORE, C-ECHO)  127.0.0.1:{settings.scp_port}  AE title {settings.scp_ae_title}",
+            *(
+                [f"  DICOM (C-STORE, C-ECHO)  127.0.0.1:{settings.scp_port}  {ae}{known_peers}"]
+                if settings.scp_plain
+                else []
+            ),
+            *(
+                [
+                    f"  DICOM over TLS           127.0.0.1:{settings.scp_tls_port}  "
+                    f"{ae}{known_peers}{client_certificates}"
+                ]
+                if settings.scp_tls_cert
+                else []
+            ),
             f"  DICOMweb                 {base}/dicomweb",
             *([f"  viewer (OHIF)            {base}/"] if settings.viewer != "off" else []),
             f"  health                   {base}/health",
@@ -132,6 +152,14 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
                 else []
             ),
             "  stop                     Ctrl-C (or SIGTERM to this process)",
+            *(
+                [
+                    f"  WARNING: PACSFLOW_AUTH=off: anyone who reaches port {settings.http_port} reads, "
+                    "stores and deletes (see README, 'Security')"
+                ]
+                if settings.auth == "off"
+                else []
+            ),
             "",
         ]
     )
@@ -139,10 +167,17 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
 
 async def run(settings: Settings) -> None:
     stop = lifecycle.stop_on_signals()
-    # Both ports first, held here for the whole run (restarted children get them again): a second
+    if settings.scp_tls_cert:
+        tls.server_context(settings)  # a bad certificate is said here, before anything starts
+    # The ports first, held here for the whole run (restarted children get them again): a second
     # install started on them is refused before anything starts, and none takes them over while a
     # child restarts.
-    with listeners.bind(listeners.dicom(settings)) as dicom, listeners.bind(listeners.http(settings)) as http:
+    with contextlib.ExitStack() as held:
+        dicom = {
+            variable: held.enter_context(listeners.bind(endpoint))
+            for variable, endpoint in listeners.scp(settings).items()
+        }
+        http = held.enter_context(listeners.bind(listeners.http(settings)))
         specs, effective = plan(settings, dicom, http)
 
         def ready() -> None:

@@ -37,8 +37,9 @@ class ChildSpec:
     before_start: Callable[[], Awaitable[object]] | None = None
     after_ready: Callable[[], Awaitable[object]] | None = None
     user: str | None = None
-    listener: socket.socket | None = None
-    """A listening socket the child serves on, handed down (``pipeline.listeners``)."""
+    listeners: Mapping[str, socket.socket] = field(default_factory=dict)
+    """The listening sockets the child serves on, handed down, each in its variable
+    (``pipeline.listeners``)."""
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 15.0
     start_timeout_s: float = 90.0
@@ -101,7 +102,7 @@ class Supervisor:
 
     async def _spawn(self, child: _Child) -> None:
         spec = child.spec
-        env = {**listeners.child_env(spec.env, spec.listener), NOTIFY_SOCKET: child.notify_address}
+        env = {**listeners.child_env(spec.env, spec.listeners), NOTIFY_SOCKET: child.notify_address}
         child.ready.clear()
         child.process = await asyncio.create_subprocess_exec(
             *spec.argv,
@@ -111,7 +112,7 @@ class Supervisor:
             group=spec.user,
             extra_groups=[] if spec.user else None,
             process_group=0,
-            pass_fds=() if spec.listener is None else (spec.listener.fileno(),),
+            pass_fds=tuple(sock.fileno() for sock in spec.listeners.values()),
             preexec_fn=_die_with_parent(spec.stop_signal),
         )
         child.started_at = time.monotonic()
@@ -212,15 +213,19 @@ class Supervisor:
 
 
 async def run_replicas(
-    command: str, count: int, env: Mapping[str, str], count_variable: str, listener: socket.socket
+    command: str,
+    count: int,
+    env: Mapping[str, str],
+    count_variable: str,
+    handed: Mapping[str, socket.socket],
 ) -> None:
     """Run ``count`` copies of ``pacsflow <command>`` (each told to be one, by ``count_variable``),
-    all accepting on ``listener``, ready when all are, restarting any that dies: how one service
-    uses more than one core."""
+    all accepting on the ``handed`` listeners, ready when all are, restarting any that dies: how
+    one service uses more than one core."""
     stop = lifecycle.stop_on_signals()
     child_env = {**env, count_variable: "1"}
     specs = [
-        ChildSpec(f"{command}-{n}", [sys.executable, "-m", "pipeline", command], child_env, listener=listener)
+        ChildSpec(f"{command}-{n}", [sys.executable, "-m", "pipeline", command], child_env, listeners=handed)
         for n in range(count)
     ]
     await Supervisor(specs).run(stop, lifecycle.notify_ready)

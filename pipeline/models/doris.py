@@ -162,6 +162,10 @@ class WadoAccessLog(Record):
     trace_id: TraceId
     created_time: DateTime
     worker_node_id: str
+    subject: Text256 | None = None
+    """The bearer token's ``sub`` (``PACSFLOW_AUTH=jwt``): who read, stored or deleted; else NULL."""
+    client_id: Text128 | None = None
+    """The token's ``azp`` (or ``client_id``): the application it was issued to."""
 
 
 class ConversionRecord(Record):

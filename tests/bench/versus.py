@@ -38,10 +38,11 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import asyncpg
@@ -233,10 +234,11 @@ class Server:
                 self.process.wait()
 
 
-def start_pacsflow(work: Path) -> tuple[Server, str]:
+def start_pacsflow(work: Path, settings: Mapping[str, str] = MappingProxyType({})) -> tuple[Server, str]:
     dicom, http, postgres = free_port(), free_port(), free_port()
     env = {
         **os.environ,
+        **settings,
         "PACSFLOW_DATA_DIR": str(work / "pacsflow"),
         "PACSFLOW_SCP_HOST": "127.0.0.1",
         "PACSFLOW_SCP_PORT": str(dicom),
@@ -833,6 +835,16 @@ def report(result: dict[str, Any]) -> Iterator[str]:
 QUICK = {"big": 20, "growth": "20", "frames": 10, "requests": 20, "stow": 40, "rounds": 1, "latency": 5}
 
 
+def parse_args(parser: argparse.ArgumentParser, quick: Mapping[str, Any]) -> argparse.Namespace:
+    """The arguments; with ``--quick``, ``quick``'s sizes wherever an argument was left at its default."""
+    args = parser.parse_args()
+    if args.quick:
+        for name, value in quick.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    return args
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -857,11 +869,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes to check the bench works, not figures"
     )
-    args = parser.parse_args()
-    if args.quick:
-        for name, value in QUICK.items():
-            if getattr(args, name) == parser.get_default(name):
-                setattr(args, name, value)
+    args = parse_args(parser, QUICK)
     started = time.perf_counter()
     result = run(args)
     result["when"] = datetime.now(UTC).isoformat(timespec="seconds")

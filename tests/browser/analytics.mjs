@@ -7,19 +7,18 @@
 //                                               (a path: the README's picture) and timeoutMs
 //
 // Writes <out>/analytics.png (and the screenshot) and prints one JSON report on stdout.
-import { chromium } from 'playwright-core';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { readJob, run } from './ohif.mjs';
 
-const job = JSON.parse(process.argv[2]);
+const job = readJob();
 const timeout = job.timeoutMs ?? 60_000;
-mkdirSync(job.out, { recursive: true });
 
 const report = { url: job.url, consoleErrors: [], failedRequests: [], steps: [], charts: null, cards: [] };
 const step = (name) => report.steps.push(name);
 
-const browser = await chromium.launch({ executablePath: job.chromium, headless: true, args: ['--no-sandbox'] });
-try {
+// The page draws its charts on 2D canvases: no WebGL to fake.
+await run({ job, report, webgl: false }, async (browser) => {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   page.on('console', (message) => {
     if (message.type() === 'error') report.consoleErrors.push(message.text());
@@ -87,9 +86,4 @@ try {
     copyFileSync(join(job.out, 'analytics.png'), job.screenshot);
     step('screenshot saved');
   }
-} catch (error) {
-  report.error = String(error.stack ?? error);
-} finally {
-  await browser.close();
-}
-process.stdout.write(JSON.stringify(report) + '\n');
+});

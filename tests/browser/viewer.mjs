@@ -7,13 +7,11 @@
 //
 // Writes <out>/study-list.png, <out>/study.png (and <out>/upload.png) and prints one JSON report on
 // stdout.
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { dismiss, drawn, framePattern, openStudy, quiet, readJob, run } from './ohif.mjs';
 
-const job = JSON.parse(process.argv[2]);
+const job = readJob();
 const timeout = job.timeoutMs ?? 120_000;
-mkdirSync(job.out, { recursive: true });
 
 const report = {
   url: job.url,
@@ -38,21 +36,14 @@ const report = {
 };
 const step = (name) => report.steps.push(name);
 
-// Software WebGL: a headless machine has no GPU, and OHIF renders with WebGL where it can.
-const browser = await chromium.launch({
-  executablePath: job.chromium,
-  headless: true,
-  args: ['--no-sandbox', '--use-angle=swiftshader', '--enable-unsafe-swiftshader', '--ignore-gpu-blocklist'],
-});
-try {
+await run({ job, report }, async (browser) => {
   const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
   let start = Date.now();
-  let opened = null;
   let inFlight = 0;
   let framesDone = null;
   let resolveFrames;
   const allFrames = new Promise((resolve) => (resolveFrames = resolve));
-  const framePattern = new RegExp(`/series/${job.seriesUid.replaceAll('.', '\\.')}/instances/([0-9.]+)/frames/`);
+  const frameUrl = framePattern(job.seriesUid);
 
   page.on('console', (message) => {
     if (message.type() === 'error') report.consoleErrors.push(message.text());
@@ -96,7 +87,7 @@ try {
   page.on('response', (response) => {
     const status = response.status();
     if (status >= 400) report.failedRequests.push({ url: response.url(), status });
-    const frame = framePattern.exec(response.url());
+    const frame = frameUrl.exec(response.url());
     if (frame) {
       report.frames[frame[1]] = status;
       if (status === 200 && Object.keys(report.frames).length === job.frames && framesDone === null) {
@@ -117,39 +108,13 @@ try {
   for (const other of job.absent ?? []) {
     if ((await page.getByText(other).count()) > 0) report.othersListed.push(other);
   }
-  await dismiss(page, /confirm and hide/i);
+  await dismiss(page, /confirm and hide/i, step);
   await page.screenshot({ path: join(job.out, 'study-list.png') });
 
-  // A click on the row unfolds it; the mode's button opens the study in the viewer.
-  await page.getByText(job.patient).first().click();
-  const open = page.getByRole('button', { name: /basic viewer/i }).first();
-  await open.waitFor({ state: 'visible', timeout });
-  opened = Date.now();
-  await open.click();
+  const opened = await openStudy(page, job.patient, timeout);
   step('study opened');
 
-  // The image is on screen when the viewport's canvas holds more than one colour.
-  const canvas = await page.waitForFunction(
-    () => {
-      for (const element of document.querySelectorAll('canvas.cornerstone-canvas')) {
-        if (!element.width || !element.height) continue;
-        const { data } = element.getContext('2d').getImageData(0, 0, element.width, element.height);
-        const seen = new Set();
-        let lit = 0;
-        for (let i = 0; i < data.length; i += 4 * 7) {
-          const value = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2];
-          seen.add(value);
-          if (value !== 0) lit++;
-        }
-        if (seen.size > 2 && lit > 100) {
-          return { width: element.width, height: element.height, colours: seen.size, litSamples: lit };
-        }
-      }
-      return null;
-    },
-    null,
-    { timeout, polling: 50 },
-  );
+  const canvas = await page.waitForFunction(drawn, null, { timeout, polling: 50 });
   report.canvas = await canvas.jsonValue();
   report.timings.firstImageMs = Date.now() - opened;
   step('first image drawn');
@@ -159,11 +124,11 @@ try {
     report.timings.allFramesMs = framesDone - opened;
     step('every frame fetched');
   }
-  await dismiss(page, /skip all/i);
+  await dismiss(page, /skip all/i, step);
   // Late requests (thumbnails, the prefetcher's tail) finish before the picture is taken and
   // before the next navigation, which would cancel them. OHIF opens a study without a page load,
   // so Playwright's own "networkidle" has long been reached: count requests instead.
-  await quiet(() => inFlight);
+  await quiet(() => inFlight, step);
   await page.screenshot({ path: join(job.out, 'study.png') });
 
   // Back to the study list, as the next visit: OHIF's hashed files come from the browser's cache.
@@ -172,19 +137,14 @@ try {
   await page.getByText(job.patient).first().waitFor({ state: 'visible', timeout });
   report.timings.studyListAgainMs = Date.now() - again;
   step('study list shown again');
-  await quiet(() => inFlight);
+  await quiet(() => inFlight, step);
   if (job.upload) {
     await upload(page, job.upload, () => inFlight);
-    await quiet(() => inFlight);
+    await quiet(() => inFlight, step);
   }
   // Listeners still reading headers finish before the browser goes.
   await page.removeAllListeners('requestfinished', { behavior: 'wait' });
-} catch (error) {
-  report.error = String(error.stack ?? error);
-} finally {
-  await browser.close();
-}
-process.stdout.write(JSON.stringify(report) + '\n');
+});
 
 // The study list's "Upload" button (OHIF shows it when the data source has dicomUploadEnabled)
 // opens the "Upload files" dialog; a file set on its "Add files" input is sent with STOW-RS at once.
@@ -249,7 +209,7 @@ async function upload(page, { file, patient }, inFlight) {
       report.upload.listed = shown;
       break;
     }
-    await quiet(inFlight);
+    await quiet(inFlight, step);
     query = studySearch(page);
     await page.reload({ waitUntil: 'commit', timeout });
     report.upload.reloads++;
@@ -266,25 +226,4 @@ function studySearch(page) {
       { timeout },
     )
     .catch(() => null);
-}
-
-// Resolves once no request has been in flight for half a second (or after 30 s, noted).
-async function quiet(inFlight) {
-  const deadline = Date.now() + 30_000;
-  let since = Date.now();
-  while (Date.now() < deadline) {
-    if (inFlight() > 0) since = Date.now();
-    else if (Date.now() - since >= 500) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  step('network never quiet');
-}
-
-// OHIF's notices (investigational use, the first-visit tour) are dismissed as a person would.
-async function dismiss(page, name) {
-  const button = page.getByRole('button', { name }).first();
-  if (await button.isVisible().catch(() => false)) {
-    await button.click();
-    step(`dismissed ${name.source}`);
-  }
 }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from PIL import Image
 
 from egress.viewer.release import CHARTS
 from tests.support import dicomdata
-from tests.support.browser import BROWSER, CHROMIUM, RESULTS, node_major
+from tests.support.browser import require_browser, run_script
 from tests.support.dev import Dev, start_dev
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
@@ -75,9 +74,7 @@ def _get(url: str) -> Any:
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     require_dcmtk()
-    require(CHROMIUM.exists(), "Debian's chromium (make test installs it: apt-get install chromium)")
-    require(node_major() >= 18, "Node.js 18 or later (make test installs Debian's npm)")
-    require((BROWSER / "node_modules" / "playwright-core").is_dir(), "playwright-core (make test)")
+    require_browser()
     require(CHARTS.is_installed(CHARTS.installed_dir()), "Chart.js (make install)")
     tmp = tmp_path_factory.mktemp("analytics")
     running = start_dev(
@@ -140,17 +137,10 @@ def _by(answer: dict[str, Any], keys: tuple[str, ...], value: str) -> dict[tuple
 
 
 def _browse(url: str, run: str, screenshot: str | None = None) -> dict[str, Any]:
-    out = RESULTS / run
-    job = {"url": url, "chromium": str(CHROMIUM), "out": str(out), "timeoutMs": 60_000}
+    job: dict[str, object] = {"url": url, "timeoutMs": 60_000}
     if screenshot:
         job["screenshot"] = str(ROOT / screenshot)
-    result = subprocess.run(
-        ["node", str(BROWSER / "analytics.mjs"), json.dumps(job)], capture_output=True, text=True, timeout=180
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    assert "error" not in report, f"{report['error']}\nsteps: {report['steps']}"
+    report = run_script("analytics.mjs", run, job, timeout=180)
     assert report["consoleErrors"] == [], report["consoleErrors"]
     assert report["failedRequests"] == [], report["failedRequests"]
     assert report["charts"] is True and report["notice"] is None

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,32 +21,22 @@ import pytest
 from PIL import Image
 
 from egress.viewer.config import fixed
-from egress.viewer.release import installed_dir, is_installed
+from egress.viewer.release import installed_dir
 from tests.support import dicomdata
-from tests.support.browser import BROWSER, CHROMIUM, RESULTS, node_major
+from tests.support.browser import RESULTS, ViewerStudy, require_viewer, run_script
 from tests.support.dev import Dev, start_dev
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
-from tests.support.services import free_port, require, wait_for
+from tests.support.services import free_port, wait_for
 from tests.support.static_site import StaticSite
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.dcmtk, pytest.mark.browser]
 
 
 @dataclass(frozen=True)
-class Study:
-    patient: str
-    slices: int
-    study: str
-    series: str
+class Study(ViewerStudy):
     called: str | None  # the AE title storescu calls: it picks the tenant; None: uploaded in OHIF
     tenant: str | None  # None: the default tenant
-
-    @property
-    def listed_as(self) -> str:
-        """How OHIF's study list writes the name."""
-        family, given = self.patient.split("^")
-        return f"{family}, {given}"
 
 
 DEFAULT = Study("Phantom^Pacsflow", 100, uid(880, 1), uid(880, 1, 1), "PACSFLOW", None)
@@ -61,10 +49,7 @@ UPLOADED_ELSEWHERE = Study("Uploaded^Crossorigin", 1, uid(880, 4), uid(880, 4, 1
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, StaticSite]]:
     require_dcmtk()
-    require(CHROMIUM.exists(), "Debian's chromium (make test installs it: apt-get install chromium)")
-    require(node_major() >= 18, "Node.js 18 or later (make test installs Debian's npm)")
-    require((BROWSER / "node_modules" / "playwright-core").is_dir(), "playwright-core (make test)")
-    require(is_installed(installed_dir()), "the OHIF viewer (make install)")
+    require_viewer()
     tmp = tmp_path_factory.mktemp("viewer")
     http_port = free_port()
     # The other origin: a plain static server holding OHIF and a configuration aimed at pacsflow.
@@ -120,32 +105,22 @@ def _upload_file(study: Study, directory: Path) -> Path:
 def _browse(
     url: str, run: str, study: Study, absent: list[Study], upload: tuple[Study, Path] | None = None
 ) -> dict[str, object]:
-    out = RESULTS / run
-    shutil.rmtree(out, ignore_errors=True)
     job: dict[str, object] = {
         "url": url,
         "patient": study.listed_as,
         "absent": [other.listed_as for other in absent],
         "seriesUid": study.series,
         "frames": study.slices,
-        "out": str(out),
-        "chromium": str(CHROMIUM),
         "timeoutMs": 120_000,
     }
     if upload:
         job["upload"] = {"file": str(upload[1]), "patient": upload[0].listed_as}
-    result = subprocess.run(
-        ["node", str(BROWSER / "viewer.mjs"), json.dumps(job)], capture_output=True, text=True, timeout=400
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    report = run_script("viewer.mjs", run, job, timeout=400)
     print(f"\n{run}: {json.dumps(report['timings'])}")
     return report
 
 
 def _check(report: dict[str, object], run: str, study: Study) -> None:
-    assert "error" not in report, f"{report['error']}\nsteps: {report['steps']}"
     assert report["consoleErrors"] == [], report["consoleErrors"]
     assert report["failedRequests"] == [], report["failedRequests"]
     assert report["othersListed"] == [], "another tenant's patient is listed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -13,9 +14,14 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, build_contex
 from pynetdicom.sop_class import Verification
 
 from tests.support.services import DCMTK, port_open, require
+from tests.support.tls import Pki
 
 # A file is sent byte for byte as it is on disk (truncated, inconsistent, ...), never re-encoded.
 _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def _dcmtk_env() -> dict[str, str]:
+    return {**os.environ, "TCP_NODELAY": "1"}  # dcmtk reads it: no Nagle delay on small PDUs
 
 
 def require_dcmtk() -> None:
@@ -52,17 +58,39 @@ def storescu(
         text=True,
         timeout=timeout,
         check=False,
+        env=_dcmtk_env(),
     )
 
 
-def echoscu(port: int, called: str = "PACSFLOW") -> subprocess.CompletedProcess[str]:
+def echoscu(
+    port: int, called: str = "PACSFLOW", *, calling: str | None = None, extra: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``calling``: dcmtk's own (ECHOSCU) unless given."""
     return subprocess.run(
-        [str(DCMTK / "echoscu"), "-aec", called, "-to", "5", "127.0.0.1", str(port)],
+        [
+            str(DCMTK / "echoscu"),
+            *(["-aet", calling] if calling else []),
+            "-aec",
+            called,
+            "-to",
+            "5",
+            *extra,
+            "127.0.0.1",
+            str(port),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
+        env=_dcmtk_env(),
     )
+
+
+def tls_options(pki: Pki, *, certificate: bool = True) -> list[str]:
+    """dcmtk's options for DICOM over TLS, trusting ``pki``'s CA: with its client certificate, or
+    without any (``+tla``, anonymous)."""
+    client = ["+tls", str(pki.client_key), str(pki.client_cert)] if certificate else ["+tla"]
+    return [*client, "+cf", str(pki.ca)]
 
 
 def c_echo(port: int, *, check_port: bool = True) -> bool:

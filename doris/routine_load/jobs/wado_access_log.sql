@@ -17,7 +17,9 @@ COLUMNS (
     client_address,
     trace_id,
     created_time,
-    worker_node_id
+    worker_node_id,
+    subject,
+    client_id
 )
 PROPERTIES (
     "desired_concurrent_number" = "3",
@@ -27,7 +29,7 @@ PROPERTIES (
     "format" = "json",
     "max_error_number" = "1000",
     "strip_outer_array" = "false",
-    "jsonpaths" = "[\"$.tenant_id\",\"$.route\",\"$.study_uid\",\"$.series_uid\",\"$.sop_uid\",\"$.status\",\"$.bytes\",\"$.duration_ms\",\"$.client_address\",\"$.trace_id\",\"$.created_time\",\"$.worker_node_id\"]"
+    "jsonpaths" = "[\"$.tenant_id\",\"$.route\",\"$.study_uid\",\"$.series_uid\",\"$.sop_uid\",\"$.status\",\"$.bytes\",\"$.duration_ms\",\"$.client_address\",\"$.trace_id\",\"$.created_time\",\"$.worker_node_id\",\"$.subject\",\"$.client_id\"]"
 )
 FROM KAFKA (
     "kafka_broker_list" = "${KAFKA_BROKERS}",

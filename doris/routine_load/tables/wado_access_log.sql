@@ -13,7 +13,9 @@ CREATE TABLE IF NOT EXISTS wado_access_log (
     client_address VARCHAR(64) NULL,
     trace_id VARCHAR(36) NOT NULL,
     created_time DATETIME NOT NULL,
-    worker_node_id VARCHAR(64) NOT NULL
+    worker_node_id VARCHAR(64) NOT NULL,
+    subject VARCHAR(256) NULL,
+    client_id VARCHAR(128) NULL
 )
 ENGINE=OLAP
 DUPLICATE KEY(tenant_id, route, study_uid, series_uid, sop_uid)

@@ -1,16 +1,16 @@
-"""The viewer's routes over real HTTP, on a small OHIF-shaped folder; its configuration run in node.
+"""The viewer's routes over real HTTP, on a small OHIF-shaped folder, and the security headers of its
+pages. The configuration script itself is tests/unit/egress/test_viewer_config.py.
 
-The real OHIF in a real browser is tests/e2e/test_viewer.py."""
+The real OHIF in a real browser is tests/e2e/test_viewer.py (and, signing in, test_viewer_signin.py),
+which also fail on any violation of the pages' Content-Security-Policy."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
-import json
+import hashlib
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,10 +24,13 @@ from egress.wado.errors import errors
 from pipeline import settings as settings_module
 from pipeline.errors import PacsflowError
 from pipeline.settings import Settings
-from tests.support.services import require
 
 ROOT = Path(__file__).resolve().parents[3]
-PAGE = b"<!doctype html><script src='/app-config.js'></script><div id=root></div>"
+INLINE = 'window.PUBLIC_URL="/"'
+PAGE = (
+    b"<!doctype html><script src='/app-config.js'></script>"
+    + f"<script>{INLINE}</script><div id=root></div>".encode()
+)
 BUNDLE = "app.bundle.0f6159c501addfe9.js"
 Check = Callable[[ClientSession, str], Awaitable[None]]
 
@@ -192,90 +195,109 @@ def test_a_folder_that_is_no_ohif_build_stops_the_web_server_with_the_fix(tmp_pa
         site.add_routes(web.Application(), settings)
 
 
-def _evaluate(script: str, href: str) -> dict[str, object]:
-    """Run an app-config.js as the browser would, on a page at ``href``; return window.config."""
-    node = shutil.which("node")
-    require(node is not None, "Node.js (apt-get install npm; make install)")
-    program = (
-        "const vm = require('vm'); const url = new URL(process.argv[1]);"
-        "const window = {location: {origin: url.origin, pathname: url.pathname, href: url.href}};"
-        "vm.runInNewContext(require('fs').readFileSync(0, 'utf8'), {window});"
-        "process.stdout.write(JSON.stringify(window.config));"
-    )
-    result = subprocess.run([str(node), "-e", program, href], input=script, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    evaluated: dict[str, object] = json.loads(result.stdout)
-    return evaluated
-
-
-def _source(evaluated: dict[str, object]) -> dict[str, object]:
-    sources = evaluated["dataSources"]
-    assert isinstance(sources, list) and len(sources) == 1
-    assert evaluated["defaultDataSourceName"] == sources[0]["sourceName"]
-    source: dict[str, object] = sources[0]["configuration"]
-    return source
-
-
-def test_the_served_configuration_follows_the_page_tenant() -> None:
-    script = config.served(None)
-    cases = {
-        "http://pacs.local:8080/": ("http://pacs.local:8080/dicomweb", "/"),
-        "http://pacs.local:8080/viewer": ("http://pacs.local:8080/dicomweb", "/"),
-        "http://pacs.local:8080/tenants/alpha/": (
-            "http://pacs.local:8080/tenants/alpha/dicomweb",
-            "/tenants/alpha",
-        ),
-        "http://pacs.local:8080/tenants/alpha/viewer": (
-            "http://pacs.local:8080/tenants/alpha/dicomweb",
-            "/tenants/alpha",
-        ),
-    }
-    for href, (dicomweb, basename) in cases.items():
-        evaluated = _evaluate(script, href)
-        source = _source(evaluated)
-        assert source["qidoRoot"] == source["wadoRoot"] == source["wadoUriRoot"] == dicomweb, href
-        assert evaluated["routerBasename"] == basename, href
-    # What the issue asks of the data source, and the prefetcher that fetches every frame.
-    source = _source(_evaluate(script, "http://pacs.local/"))
-    assert source["supportsWildcard"] is source["supportsFuzzyMatching"] is True
-    assert source["qidoSupportsIncludeField"] is source["enableStudyLazyLoad"] is True
-    assert source["bulkDataURI"] == {"enabled": True, "relativeResolution": "studies"}
-    assert source["dicomUploadEnabled"] is True  # OHIF's upload: STOW-RS
-    assert _evaluate(script, "http://pacs.local/")["studyPrefetcher"]["enabled"] is True  # type: ignore[index]
-    # Behind a proxy that rewrites hosts, PACSFLOW_PUBLIC_URL wins over the page's origin.
-    behind = _source(_evaluate(config.served("https://pacs.example.org"), "http://10.0.0.5:8080/tenants/b/"))
-    assert behind["qidoRoot"] == "https://pacs.example.org/tenants/b/dicomweb"
-
-
-def test_pacsflow_viewer_config_writes_a_fixed_configuration() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "viewer-config",
-            "--dicomweb",
-            "https://pacs.example.org/dicomweb/",
-        ],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    assert result.returncode == 0, result.stderr
-    evaluated = _evaluate(result.stdout, "https://viewer.hospital.example/")
-    assert _source(evaluated)["qidoRoot"] == "https://pacs.example.org/dicomweb"
-    assert evaluated["routerBasename"] == "/"
-    refused = subprocess.run(
-        [sys.executable, "-m", "pipeline", "viewer-config", "--dicomweb", "pacs:8080/dicomweb"],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    assert refused.returncode == 1
-    assert "is not an absolute http(s) URL" in refused.stderr
-
-
 def test_the_image_pins_the_same_release() -> None:
     dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
     pinned = re.search(r"^ARG OHIF_VERSION=(\S+)$", dockerfile, re.MULTILINE)
     assert pinned and pinned.group(1) == release.VERSION
+
+
+def _policy(value: str) -> dict[str, list[str]]:
+    directives = [d.strip().split() for d in value.split(";")]
+    return {d[0]: d[1:] for d in directives}
+
+
+def test_pages_and_the_configuration_carry_the_security_headers(tmp_path: Path) -> None:
+    dist = _dist(tmp_path / "dist")
+    (dist / "silent-refresh.html").write_text("<script src='https://cdn.example/shim.js'></script>")
+    inline = "'sha256-" + base64.b64encode(hashlib.sha256(INLINE.encode()).digest()).decode() + "'"
+
+    async def check(client: ClientSession, base: str) -> None:
+        html = {"Accept": "text/html"}
+        answers = []
+        for path in ("/", "/viewer", "/tenants/alpha/", "/app-config.js", "/silent-refresh.html"):
+            async with client.get(base + path, headers=html) as response:
+                assert response.status == 200, path
+                answers.append(response.headers)
+        async with client.get(base + "/", headers={**html, "If-None-Match": answers[0]["ETag"]}) as response:
+            assert response.status == 304
+            answers.append(response.headers)
+        for headers in answers:
+            assert headers["X-Frame-Options"] == "DENY"
+            assert headers["Referrer-Policy"] == "no-referrer"
+            policy = _policy(headers["Content-Security-Policy"])
+            assert policy == {
+                "default-src": ["'self'"],
+                # The page's one inline script, by its hash; no 'unsafe-inline', no 'unsafe-eval'.
+                "script-src": ["'self'", "'wasm-unsafe-eval'", inline],
+                "style-src": ["'self'", "'unsafe-inline'"],
+                "img-src": ["'self'", "data:", "blob:"],
+                "font-src": ["'self'", "data:"],
+                "media-src": ["'self'", "blob:"],
+                # Auth off, no public URL: nothing but pacsflow itself.
+                "connect-src": ["'self'"],
+                "worker-src": ["'self'", "blob:"],
+                "object-src": ["'none'"],
+                "base-uri": ["'self'"],
+                "form-action": ["'self'"],
+                "frame-ancestors": ["'none'"],
+            }
+        # Scripts, styles and images are no documents: a policy there would mean nothing.
+        async with client.get(base + "/" + BUNDLE) as response:
+            assert "Content-Security-Policy" not in response.headers
+
+    _serve(_settings(tmp_path, PACSFLOW_VIEWER=str(dist)), check)
+
+
+def test_with_sign_in_the_page_may_fetch_from_the_issuer_and_the_public_origin(tmp_path: Path) -> None:
+    dist = _dist(tmp_path / "dist")
+    settings = _settings(
+        tmp_path,
+        PACSFLOW_VIEWER=str(dist),
+        PACSFLOW_AUTH="jwt",
+        PACSFLOW_OIDC_ISSUER="https://login.example.org:8443/realms/pacs",
+        PACSFLOW_PUBLIC_URL="https://pacs.example.org/",
+    )
+
+    async def check(client: ClientSession, base: str) -> None:
+        async with client.get(base + "/tenants/alpha/", headers={"Accept": "text/html"}) as response:
+            policy = _policy(response.headers["Content-Security-Policy"])
+        # oidc-client-ts fetches the issuer's discovery document and its token endpoint; DICOMweb
+        # goes to the public URL.
+        assert policy["connect-src"] == [
+            "'self'",
+            "https://pacs.example.org",
+            "https://login.example.org:8443",
+        ]
+        async with client.get(base + "/app-config.js") as response:
+            script = await response.text()
+        assert '"authority": "https://login.example.org:8443/realms/pacs"' in script
+        assert '"client_id": "pacsflow-viewer"' in script
+        assert '"scope": "openid profile dicomweb.read dicomweb.write"' in script
+
+    _serve(settings, check)
+
+
+def test_the_sign_in_asks_for_the_scopes_that_grant_the_viewer_its_rights(tmp_path: Path) -> None:
+    off = _settings(tmp_path)
+    assert site.sign_in(off) is None
+    on = _settings(
+        tmp_path,
+        PACSFLOW_AUTH="jwt",
+        PACSFLOW_OIDC_ISSUER="https://login.example.org",
+        PACSFLOW_OIDC_CLIENT_ID="ohif",
+        PACSFLOW_AUTH_SCOPES="read=pacs:read,write=pacs:write,delete=pacs:delete,admin=pacs:admin",
+    )
+    assert site.sign_in(on) == config.SignIn("https://login.example.org", "ohif", ("pacs:read", "pacs:write"))
+
+
+def test_the_not_installed_page_carries_the_security_headers(tmp_path: Path) -> None:
+    async def check(client: ClientSession, base: str) -> None:
+        async with client.get(base + "/", headers={"Accept": "text/html"}) as response:
+            assert response.status == 503
+            assert response.headers["X-Frame-Options"] == "DENY"
+            policy = _policy(response.headers["Content-Security-Policy"])
+            # The page has no script at all.
+            assert policy["script-src"] == ["'self'", "'wasm-unsafe-eval'"]
+            assert policy["frame-ancestors"] == ["'none'"]
+
+    _serve(_settings(tmp_path), check, release_dir=tmp_path / "not-installed")

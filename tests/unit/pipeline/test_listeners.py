@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import listeners
 from pipeline.errors import PacsflowError
+from pipeline.settings import Settings, load
 from tests.support.services import free_port
 
 
@@ -30,7 +31,7 @@ def test_a_port_is_bound_once() -> None:
 
 def test_a_handed_down_socket_is_taken_over() -> None:
     with listeners.bind(endpoint(free_port())) as bound:
-        env = listeners.child_env({"PACSFLOW_SCP_PORT": "x"}, bound)
+        env = listeners.child_env({"PACSFLOW_SCP_PORT": "x"}, {listeners.INHERITED_FD: bound})
         assert env == {"PACSFLOW_SCP_PORT": "x", listeners.INHERITED_FD: str(bound.fileno())}
         duplicate = os.dup(bound.fileno())  # as a child sees it after exec
         with listeners.listen(
@@ -38,7 +39,63 @@ def test_a_handed_down_socket_is_taken_over() -> None:
         ) as taken:
             assert taken.fileno() == duplicate
             assert not taken.get_inheritable()
-    assert listeners.INHERITED_FD not in listeners.child_env(env, None)
+    assert listeners.INHERITED_FD not in listeners.child_env(env, {})
+
+
+def test_each_socket_is_handed_down_in_its_own_variable() -> None:
+    plain_port, tls_port = free_port(), free_port()
+    with listeners.bind(endpoint(plain_port)) as plain, listeners.bind(endpoint(tls_port)) as tls:
+        handed = {listeners.INHERITED_FD: plain, listeners.INHERITED_TLS_FD: tls}
+        env = listeners.child_env({listeners.INHERITED_TLS_FD: "7"}, handed)
+        assert env == {
+            listeners.INHERITED_FD: str(plain.fileno()),
+            listeners.INHERITED_TLS_FD: str(tls.fileno()),
+        }
+        duplicate = os.dup(tls.fileno())
+        child = {listeners.INHERITED_FD: "not looked at", listeners.INHERITED_TLS_FD: str(duplicate)}
+        with listeners.listen(child, endpoint(tls_port), listeners.INHERITED_TLS_FD) as taken:
+            assert taken.fileno() == duplicate
+    # A child handed only the plain port must not believe it inherited a TLS one.
+    assert listeners.INHERITED_TLS_FD not in listeners.child_env(env, {listeners.INHERITED_FD: plain})
+    with pytest.raises(ValueError, match="PACSFLOW_SCP_PORT is not a variable that hands down a listener"):
+        listeners.child_env({}, {"PACSFLOW_SCP_PORT": plain})
+
+
+def scp_settings(**env: str) -> Settings:
+    return load({"PACSFLOW_SCP_PORT": "11112", "PACSFLOW_SCP_TLS_PORT": "2762", **env})
+
+
+@pytest.mark.parametrize(
+    ("env", "ports"),
+    [
+        ({}, {listeners.INHERITED_FD: 11112}),
+        (
+            {"PACSFLOW_SCP_TLS_CERT": "c.pem", "PACSFLOW_SCP_TLS_KEY": "k.pem"},
+            {listeners.INHERITED_FD: 11112, listeners.INHERITED_TLS_FD: 2762},
+        ),
+        (
+            {"PACSFLOW_SCP_TLS_CERT": "c.pem", "PACSFLOW_SCP_TLS_KEY": "k.pem", "PACSFLOW_SCP_PLAIN": "off"},
+            {listeners.INHERITED_TLS_FD: 2762},
+        ),
+    ],
+)
+def test_the_scp_listens_plain_unless_off_and_with_tls_when_a_certificate_is_set(
+    env: dict[str, str], ports: dict[str, int]
+) -> None:
+    endpoints = listeners.scp(scp_settings(**env))
+    assert {variable: e.port for variable, e in endpoints.items()} == ports
+    if listeners.INHERITED_TLS_FD in endpoints:
+        assert endpoints[listeners.INHERITED_TLS_FD].port_setting == "PACSFLOW_SCP_TLS_PORT"
+
+
+def test_listening_on_all_ports_is_all_or_nothing() -> None:
+    free, taken = free_port(), free_port()
+    with listeners.bind(endpoint(taken)):
+        endpoints = {listeners.INHERITED_FD: endpoint(free), listeners.INHERITED_TLS_FD: endpoint(taken)}
+        with pytest.raises(PacsflowError, match=f"port {taken} is already in use"):
+            listeners.listen_all({}, endpoints)
+    with listeners.bind(endpoint(free)):  # the first port was let go again
+        pass
 
 
 @pytest.mark.parametrize("value", ["three", "999999"])
