@@ -143,6 +143,14 @@ async def echo_trace_id(request: web.Request, response: web.StreamResponse) -> N
         response.headers[TRACE_HEADER] = request[TRACE_ID]
 
 
+def _served_in(request: web.Request, duration: float) -> float:
+    """Seconds from the request reaching pacsflow's middleware to its answer sent. aiohttp's own
+    ``duration`` comes from the loop's clock, which uvloop keeps in whole milliseconds: a 0.9 ms
+    answer would be logged as 1 ms, longer than its client saw it take."""
+    started = request.get(STARTED)
+    return time.perf_counter() - started if started is not None else duration
+
+
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access logger: the canonical line and the record, once the answer is sent."""
 
@@ -163,7 +171,7 @@ class AccessLogger(AbstractAccessLogger):
             sop_uid=info.get("instance"),
             status=response.status,
             bytes=response.body_length,
-            duration_ms=round(duration * 1000, 3),
+            duration_ms=round(_served_in(request, duration) * 1000, 3),
             client_address=client_address(request),
             trace_id=request.get(TRACE_ID, ""),
             created_time=doris_datetime(datetime.now(UTC)),
