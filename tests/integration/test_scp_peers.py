@@ -66,6 +66,19 @@ def stored(scp: Scp, tenant: str, ds: Dataset) -> Path:
     return path / f"{ds.SOPInstanceUID}.dcm"
 
 
+def both_rejections(scp: Scp) -> list[dict[str, object]]:
+    """The two ``association_rejected`` events (C-ECHO's and C-STORE's), once both are logged."""
+    events: list[dict[str, object]] = wait_for(
+        lambda: (
+            len(scp.service.events("association_rejected")) == 2
+            and scp.service.events("association_rejected")
+        ),
+        10,
+        "both rejections in the log",
+    )
+    return events
+
+
 def test_an_unknown_calling_ae_is_rejected_at_association(scp: Scp, tmp_path: Path) -> None:
     source, ds = one_instance(tmp_path)
 
@@ -77,14 +90,7 @@ def test_an_unknown_calling_ae_is_rejected_at_association(scp: Scp, tmp_path: Pa
     assert "Association Rejected" in output(store)
     assert not stored(scp, "default", ds).exists()
     assert not scp.files()
-    found = wait_for(
-        lambda: (
-            len(scp.service.events("association_rejected")) == 2
-            and scp.service.events("association_rejected")
-        ),
-        10,
-        "both rejections in the log",
-    )
+    found = both_rejections(scp)
     for event in found:
         assert {k: event[k] for k in ("address", "calling_ae", "called_ae", "reason")} == {
             "address": "127.0.0.1",
@@ -127,14 +133,7 @@ def test_a_called_ae_title_pacsflow_does_not_answer_to_is_rejected(scp: Scp, tmp
     assert echo.returncode != 0 and CALLED_REFUSED in output(echo), output(echo)
     assert store.returncode != 0 and CALLED_REFUSED in output(store), output(store)
     assert not scp.files()
-    events = wait_for(
-        lambda: (
-            len(scp.service.events("association_rejected")) == 2
-            and scp.service.events("association_rejected")
-        ),
-        10,
-        "both rejections in the log",
-    )
+    events = both_rejections(scp)
     assert {(e["called_ae"], e["reason"]) for e in events} == {("NOSUCHAE", "called AE title not recognised")}
 
 
