@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as kafka_driver
 
 from pipeline.agents import conversion, index, metadata
 from pipeline.agents.database import Database
@@ -25,6 +26,27 @@ class _Opened(faust.Service):
 
     async def on_stop(self) -> None:
         await self._cache.stop()
+
+
+def _transport_waiting(fetch_wait_ms: int) -> type[kafka_driver.Transport]:
+    """Faust's aiokafka transport with the consumer's fetch wait set: Faust hard-codes 1500 ms, and
+    a broker that holds every fetch for the whole wait (the embedded one) then delays each record
+    by up to that long."""
+
+    class WaitingThread(kafka_driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: kafka_driver.Transport) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = fetch_wait_ms  # read by start(), which has not run yet
+            return consumer
+
+    class WaitingConsumer(kafka_driver.Consumer):
+        def _new_consumer_thread(self) -> kafka_driver.AIOKafkaConsumerThread:
+            return WaitingThread(self, loop=self.loop, beacon=self.beacon)
+
+    class WaitingTransport(kafka_driver.Transport):
+        Consumer = WaitingConsumer
+
+    return WaitingTransport
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -51,6 +73,10 @@ def create_app(settings: Settings) -> faust.App:
         table_standby_replicas=0,
         **options,
     )
+    if settings.kafka_fetch_wait_s is not None:
+        # Before any agent or topic is declared: they reach the transport through the conductor.
+        waiting = _transport_waiting(int(settings.kafka_fetch_wait_s * 1000))
+        app.transport = waiting(app.conf.broker_consumer, app)
     database = Database(settings.database_url)
     cache = Cache(settings.redis_url, settings.redis_prefix)
     app.add_dependency(database)

@@ -94,6 +94,15 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
         from ingress.scp.server import serve as serve_scp
 
         lifecycle.run(serve_scp(settings))
+    elif command == "web" and settings.http_processes > 1:
+        from pipeline import listeners
+        from pipeline.dev.supervisor import run_replicas
+
+        handed = listeners.listen_all(settings.env, {listeners.INHERITED_FD: listeners.http(settings)})
+        replicas = run_replicas(
+            "web", settings.http_processes, settings.env, "PACSFLOW_HTTP_PROCESSES", handed
+        )
+        lifecycle.run(replicas, fast=False)
     elif command == "web":
         from egress.wado.app import serve as serve_web
 

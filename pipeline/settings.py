@@ -68,6 +68,8 @@ class Settings:
     """PEM bundle of the CAs whose client certificates the TLS port requires; empty: none asked."""
     http_host: str
     http_port: int
+    http_processes: int
+    """Web processes sharing the HTTP port; one process is bound by one core."""
     public_url: str
     cors_origins: tuple[str, ...]
     """Origins whose pages may call the DICOMweb API; ``*`` for any."""
@@ -110,6 +112,8 @@ class Settings:
     kafka_session_timeout_s: float | None
     """None: the client library's default, which a real Kafka cluster wants."""
     kafka_heartbeat_interval_s: float | None
+    kafka_fetch_wait_s: float | None
+    """Longest a consumer's fetch waits for records; None: the client's default (Faust: 1.5 s)."""
     kafka_request_timeout_s: float
     database_url: str
     redis_url: str
@@ -617,6 +621,15 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
         ),
     ),
     (
+        "http_processes",
+        Setting(
+            "PACSFLOW_HTTP_PROCESSES",
+            "1",
+            "web processes sharing the HTTP port (one process uses at most one core)",
+            _int(1, 64),
+        ),
+    ),
+    (
         "public_url",
         Setting(
             "PACSFLOW_PUBLIC_URL",
@@ -878,6 +891,17 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S",
             "",
             "consumer heartbeat interval; empty: the client's default (embedded broker: 0.5)",
+            _seconds(allow_empty=True),
+        ),
+    ),
+    (
+        "kafka_fetch_wait_s",
+        Setting(
+            "PACSFLOW_KAFKA_FETCH_WAIT_S",
+            "",
+            "longest the workers' fetch waits for new records; empty: the client's default (Faust: 1.5, "
+            "which a real Kafka cluster answers as soon as records arrive; `pacsflow dev` with its "
+            "embedded broker, which waits the whole time: 0.05)",
             _seconds(allow_empty=True),
         ),
     ),

@@ -229,6 +229,7 @@ def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
             "PACSFLOW_DATABASE_URL": dsn,
             "PACSFLOW_KAFKA_SESSION_TIMEOUT_S": "3",
             "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
+            "PACSFLOW_KAFKA_FETCH_WAIT_S": "0.05",
             "PACSFLOW_NODE_ID": f"worker-{index}",
             **{f"PACSFLOW_{k.upper()}": v for k, v in env.items()},
         }

@@ -11,12 +11,10 @@ import sys
 from collections.abc import Mapping
 
 from ingress.scp import tls
-from pipeline import lifecycle, listeners, log, topics
+from pipeline import lifecycle, listeners, log
 from pipeline.dev import broker, postgres
-from pipeline.dev.supervisor import ChildSpec, Supervisor
-from pipeline.reconcile import reconcile
+from pipeline.dev.supervisor import ChildSpec, Supervisor, run_to_end
 from pipeline.settings import ENV_FILE, Settings
-from pipeline.stores.postgres import migrate
 
 _log = log.get(__name__)
 
@@ -40,6 +38,9 @@ def plan(
     database filled in)."""
     env = {k: v for k, v in settings.env.items() if k != ENV_FILE}
     env["PACSFLOW_DATA_DIR"] = str(settings.data_dir)
+    # glibc gives each thread that allocates its own arena (up to 8 a core), and each keeps what
+    # its thread freed: the SCP's association threads would hold a dataset's worth of memory each.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     env["PACSFLOW_STORAGE_ROOT"] = str(settings.storage_root)
     specs: list[ChildSpec] = []
     effective = settings
@@ -50,6 +51,9 @@ def plan(
         # Tansu forms a consumer group only after a session timeout: keep it short unless set.
         env.setdefault("PACSFLOW_KAFKA_SESSION_TIMEOUT_S", "3")
         env.setdefault("PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S", "0.5")
+        # Tansu holds every fetch for the whole wait, even with records ready: a short wait is
+        # what keeps ingest -> visible under half a second.
+        env.setdefault("PACSFLOW_KAFKA_FETCH_WAIT_S", "0.05")
         effective = dataclasses.replace(effective, kafka_bootstrap=bootstrap)
         specs.append(
             ChildSpec(
@@ -80,33 +84,54 @@ def plan(
         )
     # Topics exist before anything publishes. With an external Kafka, and after a broker restart,
     # the outbox creates them at its (re)connection.
-    created_topics = lambda: topics.ensure_topics(effective)  # noqa: E731
+    created_topics = lambda: _one_shot("topics", env)  # noqa: E731
     specs = [dataclasses.replace(s, after_ready=created_topics) if s.name == "broker" else s for s in specs]
+    # Each SCP and web process is a child of this supervisor, told to be one: a `pacsflow scp` that
+    # ran its own replicas would add a process that only supervises.
+    scp_env = {**env, "PACSFLOW_SCP_PROCESSES": "1"}
+    web_env = {**env, "PACSFLOW_HTTP_PROCESSES": "1"}
     specs += [
-        dataclasses.replace(_service("scp", env), listeners=dicom, before_start=lambda: _migrate(effective)),
-        dataclasses.replace(_service("worker", env), after_ready=lambda: _reconcile_soon(effective)),
-        dataclasses.replace(_service("web", env), listeners={listeners.INHERITED_FD: http}),
+        dataclasses.replace(
+            _service("scp", scp_env),
+            name=_replica("scp", n, settings.scp_processes),
+            listeners=dicom,
+            before_start=(lambda: _one_shot("migrate", env)) if n == 0 else None,
+        )
+        for n in range(settings.scp_processes)
+    ]
+    specs.append(dataclasses.replace(_service("worker", env), after_ready=lambda: _reconcile_soon(env)))
+    specs += [
+        dataclasses.replace(
+            _service("web", web_env),
+            name=_replica("web", n, settings.http_processes),
+            listeners={listeners.INHERITED_FD: http},
+        )
+        for n in range(settings.http_processes)
     ]
     if settings.analytics:
         specs.append(_service("analytics", env))
     return specs, effective
 
 
-async def _migrate(settings: Settings) -> None:
-    applied = await migrate(settings.database_url)
-    _log.info("database_migrated", applied=applied)
+def _replica(command: str, n: int, count: int) -> str:
+    return command if count == 1 else f"{command}-{n}"
+
+
+async def _one_shot(command: str, env: Mapping[str, str]) -> None:
+    output = await run_to_end([sys.executable, "-m", "pipeline", command], env)
+    _log.info("one_shot_done", command=command, output=output.splitlines()[-1:] or "")
 
 
 _background: set[asyncio.Task[None]] = set()
 
 
-async def _reconcile_soon(settings: Settings) -> None:
+async def _reconcile_soon(env: Mapping[str, str]) -> None:
     """Bring the index up to every file on disk (an embedded broker forgets on restart), without
     holding up the start."""
 
     async def run() -> None:
         try:
-            await reconcile(settings)
+            await _one_shot("reconcile", env)
         except Exception as exc:  # a report, not a reason to stop the system
             _log.warning("reconcile_failed", error=f"{type(exc).__name__}: {exc}")
 

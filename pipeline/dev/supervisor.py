@@ -78,6 +78,33 @@ def _die_with_parent(signum: int) -> Callable[[], None]:
     return set_signal
 
 
+async def run_to_end(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    """Run a one-shot command to its end, dying with us; its output, or ChildFailed with it.
+
+    `pacsflow dev` runs its one-shots (migrate, topics, reconcile) this way rather than in its own
+    process: what they import and allocate (database driver, Kafka admin client, pydicom) is freed
+    when they end instead of being held by the supervisor for the whole run."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        # Neither our listeners nor our service manager's socket: a one-shot serves and tells nothing.
+        env={k: v for k, v in listeners.child_env(env, {}).items() if k != NOTIFY_SOCKET},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=_die_with_parent(signal.SIGTERM),
+    )
+    try:
+        output, _ = await process.communicate()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    text = output.decode(errors="replace").strip()
+    if process.returncode != 0:
+        raise ChildFailed(f"{' '.join(argv[-2:])} exited with status {process.returncode}: {text[-2000:]}")
+    return text
+
+
 class Supervisor:
     def __init__(self, specs: Sequence[ChildSpec]) -> None:
         self._children = [_Child(spec, *_notify_socket(spec.name)) for spec in specs]

@@ -33,6 +33,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -52,6 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, JPEGLSLossless, MRImageStorage
 from pynetdicom import AE
 
+from pipeline.settings import load as load_settings
 from tests.bench import stow, visibility
 from tests.bench.read import OHIF_FRAMES, OHIF_STUDY_LIST, WRK, load, pct, wrk
 from tests.support import dicomdata
@@ -191,7 +193,11 @@ class Server:
     process: subprocess.Popen[bytes]
     storage: Path
     peak_rss: int = 0
-    peak_by_process: dict[str, int] = field(default_factory=dict)
+    peak_pss: int = 0
+    peak_by_process: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """name [pid] -> peak (RSS, USS, PSS) in bytes."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """How it was configured, printed beside the figures."""
 
     def pids(self) -> list[int]:
         """The server's process and all its descendants."""
@@ -206,23 +212,28 @@ class Server:
                     continue
         return found
 
-    def rss(self) -> int:
-        """The RSS of all its processes now (shared pages count once per process, as `ps` shows them);
-        keeps each process' peak by name."""
-        total = 0
+    def memory(self) -> tuple[int, int]:
+        """The memory of all its processes now: the sum of their RSS (a shared page counted once
+        per process that maps it, as `ps` shows them) and of their PSS (a shared page divided
+        among the processes sharing it: what the server as a whole holds). Keeps each process'
+        peak RSS, USS (its private pages) and PSS by name."""
+        rss_total = pss_total = 0
         for pid in self.pids():
             try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        rss = int(line.split()[1]) * 1024
-                        total += rss
-                        name = _process_name(pid)
-                        self.peak_by_process[f"{name} [{pid}]"] = max(
-                            self.peak_by_process.get(f"{name} [{pid}]", 0), rss
-                        )
-            except OSError:
+                fields = {
+                    line.split(":")[0]: int(line.split()[1]) * 1024
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+                }
+            except (OSError, ValueError, IndexError):
                 continue
-        return total
+            rss, pss = fields.get("Rss", 0), fields.get("Pss", 0)
+            uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+            rss_total += rss
+            pss_total += pss
+            key = f"{_process_name(pid)} [{pid}]"
+            before = self.peak_by_process.get(key, (0, 0, 0))
+            self.peak_by_process[key] = (max(before[0], rss), max(before[1], uss), max(before[2], pss))
+        return rss_total, pss_total
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -253,12 +264,50 @@ def start_pacsflow(work: Path, settings: Mapping[str, str] = MappingProxyType({}
         start_new_session=True,
     )  # fmt: skip
     server = Server("pacsflow", dicom, http, f"http://127.0.0.1:{http}/dicomweb", process,
-                    work / "pacsflow" / "storage")  # fmt: skip
+                    work / "pacsflow" / "storage", settings=pacsflow_settings(env))  # fmt: skip
     wait_for(lambda: b"Ctrl-C" in (work / "pacsflow.log").read_bytes() or process.poll() is not None, 120,
              "pacsflow dev to be ready")  # fmt: skip
     if process.poll() is not None:
         raise SystemExit(f"pacsflow dev exited: {(work / 'pacsflow.log').read_text()[-3000:]}")
     return server, f"postgresql://postgres@127.0.0.1:{postgres}/pacsflow"
+
+
+def pacsflow_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """What `pacsflow dev` runs with: the settings that bear on speed and memory, as it reads them
+    (its own defaults for the embedded broker filled in), and what it makes durable."""
+    settings = load_settings({**env, "PACSFLOW_KAFKA_BOOTSTRAP": "", "PACSFLOW_DATABASE_URL": ""})
+    fetch_wait = env.get("PACSFLOW_KAFKA_FETCH_WAIT_S") or "0.05 (pacsflow dev's default, embedded broker)"
+    return {
+        "version": _commit(),
+        "command": "pacsflow dev (embedded Tansu broker and PostgreSQL, no Redis)",
+        "PACSFLOW_SCP_PROCESSES": settings.scp_processes,
+        "PACSFLOW_HTTP_PROCESSES": settings.http_processes,
+        "PACSFLOW_SCP_MAX_PDU": settings.scp_max_pdu,
+        "PACSFLOW_KAFKA_PARTITIONS": settings.kafka_partitions,
+        "PACSFLOW_KAFKA_FETCH_WAIT_S": fetch_wait,
+        "PACSFLOW_METADATA_WINDOW_S": settings.metadata_window_s,
+        "PACSFLOW_AUTH": settings.auth,
+        "PACSFLOW_ANALYTICS": "on" if settings.analytics else "off",
+        "durability": "each file and its folder fsynced, its event committed to the outbox (SQLite WAL, "
+        "synchronous=FULL) before the C-STORE or STOW-RS answer",
+    }
+
+
+def orthanc_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    version = subprocess.run([str(ORTHANC), "--version"], capture_output=True, text=True).stdout.split("\n")[
+        0
+    ]
+    kept = {k: v for k, v in config.items() if k not in ("StorageDirectory", "IndexDirectory", "Plugins")}
+    return {"version": version, "environment": "TCP_NODELAY=1", "plugin": ORTHANC_DICOMWEB.name, **kept}
+
+
+def _commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit} (with uncommitted changes)" if dirty else commit
 
 
 def start_orthanc(work: Path) -> Server:
@@ -302,7 +351,8 @@ def start_orthanc(work: Path) -> Server:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server("Orthanc", dicom, http, f"http://127.0.0.1:{http}/dicom-web", process, folder / "storage")
+    server = Server("Orthanc", dicom, http, f"http://127.0.0.1:{http}/dicom-web", process, folder / "storage",
+                    settings=orthanc_settings(config))  # fmt: skip
     wait_for(lambda: (port_open(http) and port_open(dicom)) or process.poll() is not None, 60, "Orthanc")
     if process.poll() is not None:
         raise SystemExit(f"Orthanc exited: {(work / 'orthanc.log').read_text()[-3000:]}")
@@ -600,7 +650,8 @@ def latency_phase(pacsflow: Server, count: int) -> dict[str, Any]:
 def sample_memory(servers: Sequence[Server], stop: list[bool]) -> None:
     while not stop:
         for server in servers:
-            server.peak_rss = max(server.peak_rss, server.rss())
+            rss, pss = server.memory()
+            server.peak_rss, server.peak_pss = max(server.peak_rss, rss), max(server.peak_pss, pss)
         time.sleep(0.5)
 
 
@@ -641,6 +692,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         orthanc = start_orthanc(work) if wanted - {"latency"} else None
         if orthanc:
             servers.append(orthanc)
+        result["setup"] = setup(servers)
+        for line in describe(result["setup"]):
+            say(line)
         sampler = threading.Thread(target=sample_memory, args=(servers, stop), daemon=True)
         sampler.start()
         bench = Bench(pacsflow, orthanc, args.requests) if orthanc else None
@@ -655,18 +709,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stop.append(True)
         sampler.join()
         if bench and orthanc:
-            bench.add("peak memory of all the server's processes", "MB",
+            bench.add("peak memory of all the server's processes, PSS", "MB",
+                      (pacsflow.peak_pss / 1e6, orthanc.peak_pss / 1e6), False)  # fmt: skip
+            bench.add("peak memory of all the server's processes, sum of RSS", "MB",
                       (pacsflow.peak_rss / 1e6, orthanc.peak_rss / 1e6), False)  # fmt: skip
-        say("  pacsflow's processes at their peak:")
-        for name, peak in sorted(pacsflow.peak_by_process.items(), key=lambda item: -item[1])[:8]:
-            say(f"    pacsflow {name}: {peak / 1e6:.0f} MB")
+        for server in servers:
+            say(f"  {server.name}'s processes at their peak (MB): RSS / USS (private) / PSS")
+            for name, (rss, uss, pss) in sorted(server.peak_by_process.items(), key=lambda i: -i[1][0])[:10]:
+                say(f"    {name}: {rss / 1e6:.0f} / {uss / 1e6:.0f} / {pss / 1e6:.0f}")
         for what in filter(None, args.profile.split(",")):
             assert data is not None  # phases() adds ingest for a profile
             profile(what, pacsflow, data)
         return result | {
             "rows": [{**r.__dict__, "ratio": round(r.ratio, 2)} for r in (bench.rows if bench else [])],
-            "peak_rss_by_process_mb": {
-                server.name: {k: round(v / 1e6) for k, v in sorted(server.peak_by_process.items())}
+            "peak_by_process_mb": {
+                server.name: {
+                    k: dict(zip(("rss", "uss", "pss"), (round(v / 1e6) for v in peaks), strict=True))
+                    for k, peaks in sorted(server.peak_by_process.items())
+                }
                 for server in servers
             },
             "data": {s.name: {"instances": s.count, "bytes": s.bytes} for s in data.every()} if data else {},
@@ -678,6 +738,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for server in reversed(servers):
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def setup(servers: Sequence[Server]) -> dict[str, Any]:
+    """Both servers' settings, the clients' and the machine's: printed beside the figures."""
+    dcmtk = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "dcmtk"], capture_output=True, text=True)
+    return {
+        "machine": f"{os.cpu_count()} cores, Linux {os.uname().release}, Python {sys.version.split()[0]}",
+        **{server.name: server.settings for server in servers},
+        "clients": {
+            "storescu": f"dcmtk {dcmtk.stdout or '?'} storescu -R, one process per association, "
+            "TCP_NODELAY=1",
+            "http": "wrk (1 thread, 16 connections; 1 for retrieve); one request at a time: aiohttp, "
+            "Accept-Encoding: identity for frames (Orthanc would gzip them), gzip for metadata",
+        },
+    }
+
+
+def describe(found: Mapping[str, Any]) -> Iterator[str]:
+    yield "settings:"
+    for name, value in found.items():
+        if isinstance(value, Mapping):
+            yield f"  {name}:"
+            for key, item in value.items():
+                yield f"    {key}: {json.dumps(item) if isinstance(item, (dict, list, bool)) else item}"
+        else:
+            yield f"  {name}: {value}"
 
 
 def reads(bench: Bench, data: DataSet, dsn: str, wanted: set[str]) -> dict[str, Any]:
@@ -719,6 +805,11 @@ def reads(bench: Bench, data: DataSet, dsn: str, wanted: set[str]) -> dict[str, 
         say("QIDO-RS study list (OHIF's query) ...")
         bench.load_metric("QIDO-RS study list", lambda s: [f"{s.dicomweb}/studies?{OHIF_STUDY_LIST}"], {})
 
+        say("a series' instance list ...")
+        listed = f"studies/{big.study}/series/{big.series}/instances"
+        bench.load_metric(f"QIDO-RS instance list of the {big.count}-instance series",
+                          lambda s: [f"{s.dicomweb}/{listed}"], {})  # fmt: skip
+
     if "frames" in wanted:
         say("frames (OHIF's Accept) ...")
         instances = [
@@ -726,7 +817,8 @@ def reads(bench: Bench, data: DataSet, dsn: str, wanted: set[str]) -> dict[str, 
             for n in range(1, big.count + 1)
         ]
         frame_urls = {s.name: [f"{s.dicomweb}/{i}/frames/1" for i in instances] for s in servers}
-        accept = {"Accept": OHIF_FRAMES}
+        # identity: Orthanc would otherwise gzip each frame for the aiohttp client (wrk asks none).
+        accept = {"Accept": OHIF_FRAMES, "Accept-Encoding": "identity"}
         bench.load_metric(
             "frame of a single-frame 512x512 instance", lambda s: frame_urls[s.name], accept, mb_s=True
         )
@@ -879,7 +971,12 @@ def main() -> None:
     out = RESULTS / f"versus-{'quick-' if args.quick else ''}{result['when'].replace(':', '')}.json"
     out.write_text(json.dumps(result, indent=2))
     say("")
+    if "setup" in result:
+        for line in describe(result["setup"]):
+            say(line)
+        say("")
     if result["rows"]:
+        say(f"commit {result['setup']['pacsflow']['version']}, {result['when']}")
         for line in report(result):
             say(line)
     if "pacsflow_ingest_to_visible_ms" in result:

@@ -41,7 +41,8 @@ def test_dev_brings_everything_up_stores_heals_and_stops_in_reverse(dev: Dev, tm
     assert str(dev.data_dir / "storage") in banner
     assert "Ctrl-C" in banner
     started = [e["child"] for e in dev.events("child_ready")]
-    assert started == ["broker", "postgres", "scp", "worker", "web", "analytics"]
+    # Both SCP processes are the supervisor's own children: no process that only supervises.
+    assert started == ["broker", "postgres", "scp-0", "scp-1", "worker", "web", "analytics"]
 
     with urllib.request.urlopen(f"http://127.0.0.1:{dev.http_port}/health", timeout=5) as response:
         assert response.status == 200
@@ -69,10 +70,10 @@ def test_dev_brings_everything_up_stores_heals_and_stops_in_reverse(dev: Dev, tm
     assert partitions == {name: 4 for name in topics.ALL}
 
     # A child killed outright is restarted by the supervisor.
-    scp_pid = dev.child_pids()["dev/scp"]
+    scp_pid = dev.child_pids()["dev/scp-0"]
     os.kill(scp_pid, signal.SIGKILL)
     wait_for(lambda: dev.events("child_restarted"), 30, "the SCP to be restarted")
-    assert dev.child_pids()["dev/scp"] != scp_pid
+    assert dev.child_pids()["dev/scp-0"] != scp_pid
     wait_for(lambda: c_echo(dev.scp_port), 20, "the restarted SCP to answer")
     again = dicomdata.write(dicomdata.ct_series(uid(run, 2), uid(run, 2, 1), 1)[0], tmp_path / "two.dcm")
     assert storescu(dev.scp_port, [again]).returncode == 0
@@ -82,7 +83,7 @@ def test_dev_brings_everything_up_stores_heals_and_stops_in_reverse(dev: Dev, tm
     dev.process.send_signal(signal.SIGINT)
     assert dev.process.wait(60) == 0
     stopping = [e["child"] for e in dev.events("child_stopping")]
-    assert stopping == ["analytics", "web", "worker", "scp", "postgres", "broker"]
+    assert stopping == ["analytics", "web", "worker", "scp-1", "scp-0", "postgres", "broker"]
     assert not [name for name, pid in pids.items() if process_alive(pid)]
 
 

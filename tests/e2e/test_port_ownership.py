@@ -31,7 +31,9 @@ EXITS_WITHIN_S = 60
 @pytest.fixture
 def first(tmp_path: Path) -> Iterator[Dev]:
     require_dcmtk()
-    running = start_dev(tmp_path / "first", tmp_path / "first.log", free_port(), free_port())
+    running = start_dev(
+        tmp_path / "first", tmp_path / "first.log", free_port(), free_port(), {"PACSFLOW_HTTP_PROCESSES": "2"}
+    )
     yield running
     if running.process.poll() is None:
         os.killpg(running.process.pid, signal.SIGKILL)
@@ -106,38 +108,32 @@ def test_a_second_install_is_refused_and_the_first_keeps_every_connection(first:
     )
     assert_refused(status, output, http, "PACSFLOW_HTTP_PORT")
 
-    for processes in ("1", "2"):
-        status, output = second_install(
-            "scp",
-            other,
-            tmp_path / f"second-scp-{processes}.log",
-            {
-                "PACSFLOW_SCP_PORT": str(scp),
-                "PACSFLOW_SCP_PROCESSES": processes,
-                "PACSFLOW_KAFKA_BOOTSTRAP": first.bootstrap(),
-            },
-        )
-        assert_refused(status, output, scp, "PACSFLOW_SCP_PORT")
-    status, output = second_install(
-        "web",
-        other,
-        tmp_path / "second-web.log",
-        {"PACSFLOW_HTTP_PORT": str(http), "PACSFLOW_DATABASE_URL": dsn},
+    services = (
+        ("scp", "SCP", scp, {"PACSFLOW_KAFKA_BOOTSTRAP": first.bootstrap()}),
+        ("web", "HTTP", http, {"PACSFLOW_DATABASE_URL": dsn}),
     )
-    assert_refused(status, output, http, "PACSFLOW_HTTP_PORT")
+    for command, kind, port, needs in services:
+        for processes in ("1", "2"):  # one process, or several sharing the socket their parent binds
+            status, output = second_install(
+                command,
+                other,
+                tmp_path / f"second-{command}-{processes}.log",
+                {f"PACSFLOW_{kind}_PORT": str(port), f"PACSFLOW_{kind}_PROCESSES": processes, **needs},
+            )
+            assert_refused(status, output, port, f"PACSFLOW_{kind}_PORT")
 
     everything_lands_in(first, tmp_path / "send")
     assert not list(other.rglob("*.dcm"))
 
 
 def test_our_own_processes_keep_serving_the_ports_across_restarts(first: Dev, tmp_path: Path) -> None:
-    # A process that stops closes only its own descriptor of the shared socket: the other SCP
-    # process, the restarted ones and a restarted web keep the ports served.
+    # A process that stops closes only its own descriptor of the shared socket: the other SCP and
+    # web processes, and the restarted ones, keep the ports served.
     pids = first.child_pids(service=None)
-    os.kill(pids["scp/scp-0"], signal.SIGTERM)
-    wait_for(lambda: first.events("child_restarted", "scp"), 30, "the SCP process to be restarted")
-    os.kill(pids["dev/web"], signal.SIGTERM)
-    wait_for(lambda: first.events("child_restarted"), 30, "the web process to be restarted")
+    os.kill(pids["dev/scp-0"], signal.SIGTERM)
+    wait_for(lambda: first.events("child_restarted"), 30, "the SCP process to be restarted")
+    os.kill(pids["dev/web-0"], signal.SIGTERM)
+    wait_for(lambda: len(first.events("child_restarted")) == 2, 30, "the web process to be restarted")
     everything_lands_in(first, tmp_path / "send")
 
 

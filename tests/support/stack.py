@@ -69,6 +69,7 @@ def running(
         "worker": {
             "PACSFLOW_KAFKA_SESSION_TIMEOUT_S": "3",
             "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
+            "PACSFLOW_KAFKA_FETCH_WAIT_S": "0.05",
             "PACSFLOW_METADATA_WINDOW_S": "1",
         },
         "web": {"PACSFLOW_HTTP_PORT": str(http_port)},
