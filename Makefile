@@ -71,10 +71,11 @@ lint: install ## ruff, mypy (strict) and the import-linter contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install ## pacsflow and Orthanc side by side on the same data (ingest, QIDO, metadata, frames, retrieve, memory); then what auth costs reads
+bench: install ## pacsflow and Orthanc side by side on the same data (ingest, QIDO, metadata, frames, retrieve, memory); what auth costs reads; cost as the archive grows to 1M studies
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) wrk orthanc orthanc-dicomweb"
 	$(BIN)/python -m tests.bench.versus
 	$(BIN)/python -m tests.bench.auth
+	$(BIN)/python -m tests.bench.growth
 
 bench-analytics: install ## the analytics sink's rows/s (1 and 4 partitions) and the reports over 100,000 instance rows
 	$(BIN)/python -m tests.bench.sink

@@ -17,7 +17,7 @@ def migrate(dsn: str, tmp_path: Path) -> str:
 
 
 def test_migrate_applies_everything_to_an_empty_database_once(empty_database: str, tmp_path: Path) -> None:
-    assert "applied: 0001_index, 0002_metadata, 0003_read_path, 0004_conversion" in migrate(
+    assert "applied: 0001_index, 0002_metadata, 0003_read_path, 0004_conversion, 0005_study_list" in migrate(
         empty_database, tmp_path
     )
     assert "up to date" in migrate(empty_database, tmp_path)
@@ -27,6 +27,7 @@ def test_migrate_applies_everything_to_an_empty_database_once(empty_database: st
         (2, "metadata"),
         (3, "read_path"),
         (4, "conversion"),
+        (5, "study_list"),
     ]
     tables = {
         r["tablename"]
