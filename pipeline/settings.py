@@ -1066,6 +1066,12 @@ def _inconsistent(values: Mapping[str, Any]) -> list[str]:
         for name, port in clashes.items():
             if port == values["scp_tls_port"] and (name != "PACSFLOW_SCP_PORT" or values["scp_plain"]):
                 problems.append(f"PACSFLOW_SCP_TLS_PORT and {name} are both {port}: choose two ports")
+    fetch_wait, request_timeout = values["kafka_fetch_wait_s"], values["kafka_request_timeout_s"]
+    if fetch_wait is not None and not 0.001 <= fetch_wait < max(request_timeout, 10.0):
+        problems.append(
+            f"PACSFLOW_KAFKA_FETCH_WAIT_S={fetch_wait:g} must be at least 0.001 and shorter than the request "
+            f"timeout ({max(request_timeout, 10.0):g} s), or every idle fetch times out: choose e.g. 0.05"
+        )
     reachable = {values["default_tenant"], *values["scp_tenants"].values()}
     for peer in values["scp_peers"]:
         if peer.tenant not in reachable:

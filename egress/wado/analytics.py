@@ -14,9 +14,8 @@ meanwhile. Before the sink has written anything, every report has columns and no
 from __future__ import annotations
 
 import asyncio
-import importlib
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import hdrs, web
@@ -28,6 +27,10 @@ from egress.wado.urls import tenant_of
 from pipeline import log
 from pipeline.errors import PacsflowError
 
+if TYPE_CHECKING:
+    from analytics.output import Result
+    from analytics.reports import Report
+
 _log = log.get(__name__)
 
 PREFIXES = ("", "/tenants/{tenant}")
@@ -38,10 +41,20 @@ _CHARTS_TAG = f'<script src="analytics/assets/{CHARTS.entry}"></script>'
 _REVALIDATE = "no-cache"
 
 
-async def _reports() -> ModuleType:
-    """``analytics.reports``, imported on the first report asked for, off the event loop: DuckDB,
-    Arrow and sqlglot would otherwise add tens of MB to every web process, most never asked."""
-    return await asyncio.to_thread(importlib.import_module, "analytics.reports")
+# ``analytics.reports`` is imported on the first report asked for, in the thread that runs it:
+# DuckDB, Arrow and sqlglot would otherwise add tens of MB to every web process, most never asked.
+
+
+def _catalogue() -> list[Report]:
+    from analytics.reports import catalogue
+
+    return catalogue()
+
+
+def _run(data_dir: Path, name: str, tenant: str | None) -> Result:
+    from analytics.reports import run
+
+    return run(data_dir, name, tenant)
 
 
 class _Analytics:
@@ -96,15 +109,14 @@ class _Analytics:
                 "x": r.x,
                 "y": r.y,
             }
-            for r in (await _reports()).catalogue()
+            for r in await asyncio.to_thread(_catalogue)
         ]
         return _json({"tenant": tenant, "charts": self.charts, "reports": listed})
 
     async def report(self, request: web.Request) -> web.StreamResponse:
         tenant = _scope(request)
         name = request.match_info["name"]
-        reports = await _reports()
-        known = [r.name for r in reports.catalogue()]
+        known = [r.name for r in await asyncio.to_thread(_catalogue)]
         if name not in known:
             raise NotFound(
                 f"no report {name!r}: the reports are {', '.join(known)} (listed at .../analytics/reports)"
@@ -112,7 +124,7 @@ class _Analytics:
         data_dir = request.app[SETTINGS].data_dir
         try:
             async with self._running:
-                result = await asyncio.to_thread(reports.run, data_dir, name, tenant)
+                result = await asyncio.to_thread(_run, data_dir, name, tenant)
         except PacsflowError as exc:  # DuckDB's message quotes the SQL: the log has it, not the answer
             _log.error("analytics_report_failed", report=name, tenant=tenant, error=str(exc))
             raise web.HTTPInternalServerError(

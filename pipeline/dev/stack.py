@@ -49,11 +49,14 @@ def plan(
         bootstrap = f"127.0.0.1:{port}"
         env["PACSFLOW_KAFKA_BOOTSTRAP"] = bootstrap
         # Tansu forms a consumer group only after a session timeout: keep it short unless set.
-        env.setdefault("PACSFLOW_KAFKA_SESSION_TIMEOUT_S", "3")
-        env.setdefault("PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S", "0.5")
         # Tansu holds every fetch for the whole wait, even with records ready: a short wait is
-        # what keeps ingest -> visible under half a second.
-        env.setdefault("PACSFLOW_KAFKA_FETCH_WAIT_S", "0.05")
+        # what keeps ingest -> visible under half a second. Empty means unset, as in the settings.
+        embedded = {
+            "PACSFLOW_KAFKA_SESSION_TIMEOUT_S": "3",
+            "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
+            "PACSFLOW_KAFKA_FETCH_WAIT_S": "0.05",
+        }
+        env.update({name: value for name, value in embedded.items() if not env.get(name)})
         effective = dataclasses.replace(effective, kafka_bootstrap=bootstrap)
         specs.append(
             ChildSpec(
@@ -88,6 +91,13 @@ def plan(
     specs = [dataclasses.replace(s, after_ready=created_topics) if s.name == "broker" else s for s in specs]
     # Each SCP and web process is a child of this supervisor, told to be one: a `pacsflow scp` that
     # ran its own replicas would add a process that only supervises.
+    migrated: list[bool] = []
+
+    async def migrate_once() -> None:  # not again at each restart of the first SCP process
+        if not migrated:
+            await _one_shot("migrate", env)
+            migrated.append(True)
+
     scp_env = {**env, "PACSFLOW_SCP_PROCESSES": "1"}
     web_env = {**env, "PACSFLOW_HTTP_PROCESSES": "1"}
     specs += [
@@ -95,7 +105,7 @@ def plan(
             _service("scp", scp_env),
             name=_replica("scp", n, settings.scp_processes),
             listeners=dicom,
-            before_start=(lambda: _one_shot("migrate", env)) if n == 0 else None,
+            before_start=migrate_once if n == 0 else None,
         )
         for n in range(settings.scp_processes)
     ]
@@ -118,8 +128,8 @@ def _replica(command: str, n: int, count: int) -> str:
 
 
 async def _one_shot(command: str, env: Mapping[str, str]) -> None:
-    output = await run_to_end([sys.executable, "-m", "pipeline", command], env)
-    _log.info("one_shot_done", command=command, output=output.splitlines()[-1:] or "")
+    await run_to_end([sys.executable, "-m", "pipeline", command], env)
+    _log.info("one_shot_done", command=command)
 
 
 _background: set[asyncio.Task[None]] = set()

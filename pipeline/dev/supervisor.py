@@ -78,8 +78,9 @@ def _die_with_parent(signum: int) -> Callable[[], None]:
     return set_signal
 
 
-async def run_to_end(argv: Sequence[str], env: Mapping[str, str]) -> str:
-    """Run a one-shot command to its end, dying with us; its output, or ChildFailed with it.
+async def run_to_end(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Run a one-shot command to its end, dying with us; ChildFailed if it fails. Its output goes
+    where ours does, whole.
 
     `pacsflow dev` runs its one-shots (migrate, topics, reconcile) this way rather than in its own
     process: what they import and allocate (database driver, Kafka admin client, pydicom) is freed
@@ -88,21 +89,19 @@ async def run_to_end(argv: Sequence[str], env: Mapping[str, str]) -> str:
         *argv,
         # Neither our listeners nor our service manager's socket: a one-shot serves and tells nothing.
         env={k: v for k, v in listeners.child_env(env, {}).items() if k != NOTIFY_SOCKET},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        # Its own group, as every child's: Ctrl-C stops us, and we stop it, not the terminal.
+        process_group=0,
         preexec_fn=_die_with_parent(signal.SIGTERM),
     )
     try:
-        output, _ = await process.communicate()
+        status = await process.wait()
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
         raise
-    text = output.decode(errors="replace").strip()
-    if process.returncode != 0:
-        raise ChildFailed(f"{' '.join(argv[-2:])} exited with status {process.returncode}: {text[-2000:]}")
-    return text
+    if status != 0:
+        raise ChildFailed(f"{' '.join(argv[-2:])} exited with status {status}: its output is above")
 
 
 class Supervisor:

@@ -4,7 +4,9 @@
 -- for SMI* at 1M studies): with the name in the index, that walk never leaves it (an index-only
 -- scan) instead of reading a heap page per entry: at 1M studies (tests/bench/growth.py's archive)
 -- a name prefix search took 47 ms (p50) before, 11 ms after. The index is rebuilt in this
--- migration's transaction: writes to the series rows wait for it (2.3 s for 1.75M series here).
+-- migration's transaction, which holds the series table exclusively until it commits: reads and
+-- writes of dicom_state_meta wait for it (2.3 s for 1.75M series here). Run `pacsflow migrate`
+-- for this version at a quiet time on a big archive.
 DROP INDEX dicom_state_study_order;
 CREATE INDEX dicom_state_study_order ON dicom_state_meta
     (tenant_id, study_date DESC NULLS LAST, study_time DESC NULLS LAST, study_uid) INCLUDE (patient_name);

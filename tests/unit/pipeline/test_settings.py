@@ -94,3 +94,14 @@ def test_env_file_applies_where_the_environment_is_silent(tmp_path: Path) -> Non
 def test_unreadable_env_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="cannot be read"):
         settings.load({"PACSFLOW_ENV_FILE": str(tmp_path / "missing.env")})
+
+
+@pytest.mark.parametrize("wait", ["0.0001", "10", "20"])
+def test_a_fetch_wait_the_request_timeout_would_cut_short_is_refused(wait: str) -> None:
+    with pytest.raises(SettingsError, match=f"PACSFLOW_KAFKA_FETCH_WAIT_S={wait}.*shorter than the request"):
+        settings.load({"PACSFLOW_KAFKA_FETCH_WAIT_S": wait, "PACSFLOW_KAFKA_REQUEST_TIMEOUT_S": "10"})
+
+
+def test_a_fetch_wait_within_the_request_timeout_is_kept() -> None:
+    assert settings.load({"PACSFLOW_KAFKA_FETCH_WAIT_S": "0.05"}).kafka_fetch_wait_s == 0.05
+    assert settings.load({}).kafka_fetch_wait_s is None
