@@ -48,6 +48,7 @@ _VERSION = 1
 _ENTRY = struct.Struct("<IQI")
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFER_BYTES = 1024
 # What a fragment that starts a frame begins with. JPEG (and JPEG-LS) SOI is always followed by
 # another marker, and a JPEG 2000 codestream's SOC by SIZ: requiring both keeps a continuation
 # fragment that happens to begin with FFD8 or FF4F from starting a frame.
@@ -109,6 +110,19 @@ def frame_index(dataset: Dataset) -> bytes | None:
     return bytes([_VERSION]) + b"".join(_ENTRY.pack(*span) for span in spans)
 
 
+def file_frame_index(path: str | os.PathLike[str]) -> bytes | None:
+    """``frame_index`` of the file at ``path``, read for it (its pixel data left unread where
+    pydicom can); None when an index cannot describe it or it cannot be parsed (its frames are then
+    read by parsing, which says why). An ``OSError`` is raised: the file is not readable."""
+    try:
+        dataset = dcmread(path, defer_size=_DEFER_BYTES)
+    except OSError:
+        raise
+    except Exception:  # pydicom's errors on a malformed file have no common base
+        return None
+    return frame_index(dataset)
+
+
 def frame_count(index: bytes) -> int:
     """The number of frames ``index`` describes."""
     return _entry(index, _entry_count(index) - 1).frame
@@ -125,6 +139,13 @@ def read_frames(path: Path, index: bytes, numbers: Sequence[int]) -> list[bytes]
         for number in sorted(set(numbers)):
             found[number] = b"".join(_read_span(fp, path, span) for span in _spans(index, number))
     return [found[number] for number in numbers]
+
+
+def frame_spans(index: bytes, numbers: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Where frames ``numbers`` (1-based, in the order asked) are in the file ``index`` describes:
+    each frame's (offset, length) spans, its bytes being theirs joined."""
+    _check_numbers(numbers, frame_count(index))
+    return [[(span.offset, span.length) for span in _spans(index, number)] for number in numbers]
 
 
 def read_frames_parsing(path: Path, numbers: Sequence[int]) -> list[bytes]:

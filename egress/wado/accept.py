@@ -6,6 +6,7 @@ transfer-syntax=*`` unquoted, dicomweb-client the same quoted, others ``*/*`` or
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pydicom.uid import (
@@ -83,8 +84,14 @@ def _split(header: str) -> list[str]:
 
 def parse(header: str | None) -> list[MediaRange]:
     """The ranges of ``header``, most preferred first; ``*/*`` when there is none."""
+    return list(_parsed(header))
+
+
+@functools.lru_cache(maxsize=128)
+def _parsed(header: str | None) -> tuple[MediaRange, ...]:
+    # A viewer sends the same few headers on every request: each is parsed once.
     if not header or not header.strip():
-        return [MediaRange("*/*", ANY_SYNTAX, True, 1.0)]
+        return (MediaRange("*/*", ANY_SYNTAX, True, 1.0),)
     ranges: list[tuple[float, int, MediaRange]] = []
     for position, text in enumerate(_split(header)):
         params = _params(text)
@@ -102,4 +109,4 @@ def parse(header: str | None) -> list[MediaRange]:
         if media in ("*/*", "multipart/*") and syntax is None:
             syntax = ANY_SYNTAX
         ranges.append((-q, position, MediaRange(media, syntax, multipart or base == "*/*", q)))
-    return [r for _, _, r in sorted(ranges, key=lambda item: (item[0], item[1]))]
+    return tuple(r for _, _, r in sorted(ranges, key=lambda item: (item[0], item[1])))

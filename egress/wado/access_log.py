@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -183,6 +184,8 @@ class AccessLogger(AbstractAccessLogger):
         # viewer's own files are not analytics.
         if is_dicomweb(request.path):
             app[ACCESS_LOG].add(record)
+        if not _log.isEnabledFor(logging.INFO):
+            return  # structlog would run its processors before the level drops the line
         _log.info(
             "request",
             method=request.method,

@@ -54,9 +54,11 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_access_log)
     app.cleanup_ctx.append(_outbox)
     app.add_routes(routes)
+    # aiohttp tries a path's routes in the order they were added (no two of these match the same
+    # path): WADO-RS first, its frames the first of all, as a viewer asks for them most.
+    retrieve.add_routes(app, PREFIXES)
     metadata.add_routes(app, PREFIXES)
     qido.add_routes(app, PREFIXES)
-    retrieve.add_routes(app, PREFIXES)
     # STOW-RS streams its body with the multipart reader: client_max_size (1 MiB) does not apply.
     stow.add_routes(app, PREFIXES, expect_token(settings) if settings.auth == "jwt" else None)
     delete.add_routes(app, PREFIXES)

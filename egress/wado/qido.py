@@ -9,6 +9,8 @@ generation, which every indexed batch bumps.
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 from collections.abc import Iterable
 from typing import Any
@@ -210,20 +212,27 @@ def _element(vr: str, values: list[Any] | None) -> dict[str, Any]:
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 
+@functools.lru_cache(maxsize=1024)
+def _absent(tag: str) -> dict[str, Any] | None:
+    """What an answer holds for a tag its instance does not have: the tag's VR, no value; None for
+    a private or unknown tag. Cached: looking the dictionary up was a third of a 500-instance
+    answer's time. The same dict goes into every answer, so it is never changed."""
+    try:
+        vr = dictionary_VR(int(tag, 16))
+    except KeyError:
+        return None
+    return {"vr": vr.split(" or ")[0]}
+
+
 def _answer(
     hit: Hit, found: Search, tags: set[str], modules: frozenset[str] | None, root: str
 ) -> dict[str, Any]:
     fragment: dict[str, Any] = orjson.loads(hit.fragment) if hit.fragment else {}
     out: dict[str, Any] = {}
     for tag in tags:
-        if tag in fragment:
-            out[tag] = fragment[tag]
-        else:
-            try:
-                vr = dictionary_VR(int(tag, 16))
-            except KeyError:
-                continue  # a private or unknown tag this instance does not have
-            out[tag] = {"vr": vr.split(" or ")[0]}
+        element = fragment.get(tag) or _absent(tag)
+        if element is not None:
+            out[tag] = element
     if modules is not None:
         for tag, element in fragment.items():
             if not modules or tag in modules or (found.level is Level.STUDY and tag.startswith("0010")):
@@ -248,6 +257,26 @@ def _answer(
     if found.level is Level.SERIES and "00201209" in out:
         out["00201209"] = _element("IS", [hit.instance_count])
     return out
+
+
+def _body(hits: list[Hit], found: Search, tags: set[str], modules: frozenset[str] | None, root: str) -> bytes:
+    """The answers to ``hits`` as JSON.
+
+    Without the cyclic garbage collector: parsing 500 fragments makes some 50,000 containers,
+    every one of them acyclic and freed by its reference count once the body is made, and the
+    collections their allocations set off tripled the time of a 500-instance answer. Nothing
+    awaits in between, so no other request runs without it.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        answers = [_answer(hit, found, tags, modules, root) for hit in hits]
+        body = orjson.dumps(answers, option=orjson.OPT_SORT_KEYS)
+    finally:
+        if collecting:
+            gc.enable()
+    # Fragments' BulkDataURIs are relative to the tenant's root (pipeline.metadata).
+    return body.replace(BULK_URI_KEY, BULK_URI_KEY + root.encode() + b"/")
 
 
 def _acceptable(request: web.Request) -> None:
@@ -279,11 +308,7 @@ async def _search(request: web.Request, level: Level) -> web.StreamResponse:
                 hits, more = await search.search(conn, found)
             except InvalidQuery as exc:
                 raise BadRequest(str(exc)) from None
-        tags, modules = _wanted(found, include)
-        answers = [_answer(hit, found, tags, modules, root) for hit in hits]
-        body = orjson.dumps(answers, option=orjson.OPT_SORT_KEYS)
-        # Fragments' BulkDataURIs are relative to the tenant's root (pipeline.metadata).
-        body = body.replace(BULK_URI_KEY, BULK_URI_KEY + root.encode() + b"/")
+        body = _body(hits, found, *_wanted(found, include), root)
         if key:
             await cache.put(key, (b"1" if more else b"0") + body, settings.cache_ttl_s)
     if more:

@@ -1,9 +1,11 @@
 """WADO-RS retrieval (PS3.18 10.4): instances, frames, bulk data, rendered images and thumbnails.
 
 Instances go out as the files were stored (their datasets byte for byte) unless the request asks for
-another transfer syntax, streamed part by part so that a study never sits in memory. Frames are
-read through the frame index the index agent stored (one seek per frame); instances indexed
-without one are parsed. Anything that decodes pixels runs in a thread.
+another transfer syntax. Frames are located through the frame index the index agent stored; for an
+instance indexed without one, through one made from its file once (``frame_offsets``). Whatever
+goes out as it is stored (instances, frames) is sent with a Content-Length, from the page cache
+to the socket (``sending``): a study never sits in memory, nor passes through Python. What is
+transcoded or decoded is made in a thread and streamed chunked, part by part.
 
 An instance stored in a syntax the viewer cannot decode has a converted copy once the conversion
 agent made it (``pipeline.conversion``). Where the client lets the server pick the syntax
@@ -11,29 +13,32 @@ agent made it (``pipeline.conversion``). Where the client lets the server pick t
 that copy; a client that names the stored syntax gets the stored bytes.
 
 Files are read through ``storage.StoredFiles``, which says what an ``OSError`` means (a file gone:
-404; the storage unreadable: 503). A streamed answer opens all its files before its status line; a
-part that still fails after it breaks the connection (``Multipart.send``).
+404; the storage unreadable: 503). An answer opens all its files before its status line; a part
+that still fails after it breaks the connection (``Multipart.send``, ``sending.send``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
+import stat
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeGuard
 
 from aiohttp import web
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from egress.wado import accept, rendering, transcode
+from egress.wado import accept, frame_offsets, rendering, sending, transcode
 from egress.wado.accept import ANY_SYNTAX, IMAGE_MEDIA_TYPES, NATIVE, MediaRange, syntax_name
 from egress.wado.errors import BadRequest, NotAcceptable, NotFound
 from egress.wado.keys import POOL, SETTINGS
 from egress.wado.numbers import whole
+from egress.wado.sending import FileRange, Piece
 from egress.wado.storage import ConvertedCopyMissing, StoredFiles
 from egress.wado.urls import tenant_of, uid
 from pipeline import conversion, frames, log
@@ -52,8 +57,8 @@ class Multipart:
     """A ``multipart/related`` answer written part by part (PS3.18 8.6.1.2)."""
 
     def __init__(self, media_type: str) -> None:
-        self.boundary = uuid.uuid4().hex
-        self.response = web.StreamResponse(
+        self.boundary = os.urandom(16).hex()
+        self.response = sending.Answer(
             headers={"Content-Type": f'multipart/related; type="{media_type}"; boundary={self.boundary}'}
         )
 
@@ -85,8 +90,24 @@ class Multipart:
         await self.response.write_eof()
         return self.response
 
+    async def send_known(
+        self, request: web.Request, parts: Iterable[tuple[str, Sequence[Piece]]]
+    ) -> web.StreamResponse:
+        """Each (content type, pieces) part, with a Content-Length: every length is known before
+        the status line, and file ranges go out by ``sendfile`` (``sending``)."""
+        pieces: list[Piece] = []
+        for content_type, body in parts:
+            pieces.append(self._head(content_type))
+            pieces.extend(body)
+            pieces.append(b"\r\n")
+        pieces.append(f"--{self.boundary}--\r\n".encode())
+        return await sending.send(request, self.response, pieces)
+
+    def _head(self, content_type: str) -> bytes:
+        return f"--{self.boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+
     async def _part(self, content_type: str, body: Body) -> None:
-        await self.response.write(f"--{self.boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
+        await self.response.write(self._head(content_type))
         if isinstance(body, bytes):
             await self.response.write(body)
         else:
@@ -186,6 +207,15 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         plan = _plan(ranges, [_as_stored(i) for i in found], accepted)
         opened = await asyncio.to_thread(stored.open_all, found)
     try:
+        whole = [_whole_file(file) for file in opened]
+        if all(sent.syntax == sent.source_syntax for sent in plan) and _every(whole):
+            return await Multipart(DICOM).send_known(
+                request,
+                (
+                    (f"{DICOM}; transfer-syntax={sent.syntax}", [part])
+                    for sent, part in zip(plan, whole, strict=True)
+                ),
+            )
         parts = (
             (f"{DICOM}; transfer-syntax={sent.syntax}", _part_body(stored, sent, file))
             for sent, file in zip(plan, opened, strict=True)
@@ -194,6 +224,23 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     finally:
         for file in opened:
             file.close()
+
+
+def _whole_file(file: BinaryIO) -> FileRange | None:
+    """All of an open file, when it says how long it is: a regular file, not empty. Files are
+    replaced by rename, so an open file keeps its size; one that may not (a device, a file
+    truncated by hand) goes out chunked, read until it ends."""
+    try:
+        found = os.fstat(file.fileno())
+    except OSError:
+        return None
+    if not stat.S_ISREG(found.st_mode) or found.st_size <= 0:
+        return None
+    return FileRange(file.fileno(), 0, found.st_size)
+
+
+def _every(ranges: list[FileRange | None]) -> TypeGuard[list[FileRange]]:
+    return all(ranges)
 
 
 async def _part_body(stored: StoredFiles, sent: _Sent, file: BinaryIO) -> AsyncIterator[bytes]:
@@ -288,20 +335,22 @@ async def frame_list(request: web.Request) -> web.StreamResponse:
             f"instance {instance.sop_uid} has {instance.number_of_frames} frame(s); "
             f"there is no frame {', '.join(map(str, beyond))}"
         )
-    try:
-        syntax, media_type, data = await _frames(request, instance, numbers)
-    except ConvertedCopyMissing:
-        # Logged as `converted_copy_missing`; the stored file still answers.
-        syntax, media_type, data = await _frames(request, _as_stored(instance), numbers)
-    return await Multipart(media_type).send(
-        request, ((f"{media_type}; transfer-syntax={syntax}", frame) for frame in data)
-    )
+    with ExitStack() as files:
+        try:
+            syntax, media_type, parts = await _frames(request, instance, numbers, files)
+        except ConvertedCopyMissing:
+            # Logged as `converted_copy_missing`; the stored file still answers.
+            syntax, media_type, parts = await _frames(request, _as_stored(instance), numbers, files)
+        return await Multipart(media_type).send_known(
+            request, ((f"{media_type}; transfer-syntax={syntax}", part) for part in parts)
+        )
 
 
 async def _frames(
-    request: web.Request, instance: StoredInstance, numbers: list[int]
-) -> tuple[str, str, list[bytes]]:
-    """(transfer syntax, media type, frames) of what Accept asks for."""
+    request: web.Request, instance: StoredInstance, numbers: list[int], files: ExitStack
+) -> tuple[str, str, list[list[Piece]]]:
+    """(transfer syntax, media type, each frame's pieces) of what Accept asks for; the files the
+    pieces read from are closed by ``files``."""
     ranges = accept.parse(request.headers.get("Accept"))
     chosen = _frame_syntax(ranges, instance.transfer_syntax_uid, instance.converted_syntax)
     if chosen is None:
@@ -317,10 +366,29 @@ async def _frames(
         source, index = instance.transfer_syntax_uid, instance.frame_index
     try:
         with _stored_files(request).reading(instance, converted) as path:
+            if syntax != ExplicitVRLittleEndian or source in NATIVE:  # sent as they are stored
+                # Opened on the loop: from the page cache that costs less than a thread hop.
+                fd = os.open(path, os.O_RDONLY)
+                files.callback(os.close, fd)
+                if index is None:
+                    index = await frame_offsets.of_file(fd)
+                found = _frame_ranges(fd, index, numbers) if index is not None else None
+                if found is not None:
+                    return syntax, media_type, found
             data = await _read_frames(path, source, index, numbers, syntax)
     except frames.FrameNotFound as exc:
         raise NotFound(str(exc)) from None
-    return syntax, media_type, data
+    return syntax, media_type, [[frame] for frame in data]
+
+
+def _frame_ranges(fd: int, index: bytes, numbers: list[int]) -> list[list[Piece]] | None:
+    """The frames as ranges of the open file ``fd``; None when it is shorter than its index says,
+    to be read the way that tells why (``frames.read_frames``)."""
+    spans = frames.frame_spans(index, numbers)
+    size = os.fstat(fd).st_size
+    if any(offset + length > size for frame in spans for offset, length in frame):
+        return None
+    return [[FileRange(fd, offset, length) for offset, length in frame] for frame in spans]
 
 
 def _bulk_value(path: Path, segments: list[str]) -> bytes | None:
@@ -367,7 +435,7 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
                 raise NotFound(f"instance {instance.sop_uid} has no binary value at {'/'.join(segments)}")
             parts, syntax = [value], ""
     content_type = f"{OCTETS}; transfer-syntax={syntax}" if syntax else OCTETS
-    return await Multipart(OCTETS).send(request, ((content_type, part) for part in parts))
+    return await Multipart(OCTETS).send_known(request, ((content_type, [part]) for part in parts))
 
 
 async def _render(
@@ -421,10 +489,10 @@ def add_routes(app: web.Application, prefixes: tuple[str, ...]) -> None:
         study = f"{prefix}/studies/{{study}}"
         series = f"{study}/series/{{series}}"
         instance = f"{series}/instances/{{instance}}"
+        app.router.add_get(f"{instance}/frames/{{frames}}", frame_list)  # first: see create_app
         for path in (study, series, instance):
             app.router.add_get(path, retrieve)
             app.router.add_get(f"{path}/thumbnail", thumbnail)
-        app.router.add_get(f"{instance}/frames/{{frames}}", frame_list)
         app.router.add_get(f"{instance}/rendered", rendered)
         app.router.add_get(f"{instance}/frames/{{frames}}/rendered", rendered)
         app.router.add_get(f"{instance}/frames/{{frames}}/thumbnail", thumbnail)

@@ -42,6 +42,18 @@ async def find(
 ) -> list[StoredInstance]:
     """The instances of a study, or of one of its series, or one instance; in viewing order
     (series by number, instances by number)."""
+    if series is not None and sop is not None:
+        # One row by its primary key, in a statement of its own: the general one's `$3 IS NULL OR`
+        # conditions keep PostgreSQL planning it anew on every frame request.
+        one = await pool.fetch(
+            f"SELECT {_COLUMNS} FROM dicom_instance_meta i WHERE i.tenant_id = $1"  # noqa: S608
+            " AND i.study_uid = $2 AND i.series_uid = $3 AND i.sop_uid = $4",
+            tenant,
+            study,
+            series,
+            sop,
+        )
+        return [StoredInstance(**dict(row)) for row in one]
     rows = await pool.fetch(
         f"""
         SELECT {_COLUMNS}

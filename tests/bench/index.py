@@ -93,6 +93,7 @@ class Stack:
             "PACSFLOW_DATABASE_URL": self.dsn,
             "PACSFLOW_KAFKA_SESSION_TIMEOUT_S": "3",
             "PACSFLOW_KAFKA_HEARTBEAT_INTERVAL_S": "0.5",
+            "PACSFLOW_KAFKA_FETCH_WAIT_S": "0.05",  # as `pacsflow dev` runs it on the embedded broker
             "PACSFLOW_LOG_LEVEL": "warning",
         }
         self.scp = Service("scp", {**self.env, "PACSFLOW_SCP_PORT": str(self.port)}, self.folder / "scp.log")

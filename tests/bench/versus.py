@@ -806,7 +806,8 @@ def reads(bench: Bench, data: DataSet, dsn: str, wanted: set[str]) -> dict[str, 
         bench.load_metric("QIDO-RS study list", lambda s: [f"{s.dicomweb}/studies?{OHIF_STUDY_LIST}"], {})
 
         say("a series' instance list ...")
-        listed = f"studies/{big.study}/series/{big.series}/instances"
+        # limit: all of them, as Orthanc answers (pacsflow's default page is 100).
+        listed = f"studies/{big.study}/series/{big.series}/instances?limit={big.count}"
         bench.load_metric(f"QIDO-RS instance list of the {big.count}-instance series",
                           lambda s: [f"{s.dicomweb}/{listed}"], {})  # fmt: skip
 

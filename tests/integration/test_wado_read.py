@@ -400,6 +400,42 @@ def test_raw_accept_variants_and_406(stack: Stack) -> None:
     assert response.headers["Content-Type"].startswith("multipart/related")
 
 
+def test_answers_read_from_files_say_their_length_and_are_the_files(stack: Stack) -> None:
+    """Instances and frames read as they are stored go out with a Content-Length (sent from the
+    page cache): it is the body's length, and each part is its stored bytes."""
+    one, series = stack.uid(1), stack.uid(1, 1)
+    dicom = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    for path, count in (
+        (f"/studies/{one}", 9),
+        (f"/studies/{one}/series/{series}", 6),
+        (f"/studies/{one}/series/{series}/instances/{stack.uid(1, 1, 3)}", 1),
+    ):
+        status, headers, body = get(stack.url(path), Accept=dicom)
+        assert status == 200, body[:300]
+        assert headers["content-length"] == str(len(body)) and "transfer-encoding" not in headers
+        got = [data for _, data in parts(body, headers["content-type"])]
+        assert len(got) == count
+        for data in got:
+            sop = dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+            assert dataset_bytes_of(data) == dataset_bytes(stack.sent[sop])
+    ohif = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    for position, frames in ((1, "30,2,2"), (2, "10,1"), (3, "2")):
+        sop = stack.uid(9, position, 1)
+        url = stack.url(
+            f"/studies/{stack.uid(9)}/series/{stack.uid(9, position)}/instances/{sop}/frames/{frames}"
+        )
+        status, headers, body = get(url, Accept=ohif)
+        assert status == 200, body[:300]
+        assert headers["content-length"] == str(len(body)) and "transfer-encoding" not in headers
+        assert len(parts(body, headers["content-type"])) == len(frames.split(","))
+    # HEAD: the length of the GET, no body.
+    response = requests.head(
+        stack.url(f"/studies/{one}/series/{series}"), headers={"Accept": dicom}, timeout=10
+    )
+    status, headers, body = get(stack.url(f"/studies/{one}/series/{series}"), Accept=dicom)
+    assert response.headers["Content-Length"] == str(len(body)) and response.content == b""
+
+
 def test_instances_are_transcoded_when_asked_and_keep_their_uids(stack: Stack) -> None:
     study = stack.uid(9)
     for position, accept, syntax in (
@@ -459,6 +495,39 @@ def test_frames_are_the_stored_frame_bytes(stack: Stack) -> None:
                     Accept=ohif,
                 )
                 assert status == code and reason in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(("position", "syntax"), [(4, JPEGLSLossless), (5, ExplicitVRLittleEndian)])
+def test_frames_of_an_instance_indexed_without_a_frame_index(
+    stack: Stack, position: int, syntax: str
+) -> None:
+    """An instance indexed before frame indexes existed: its frames are found in the file, the
+    same bytes, again and again."""
+    path = _multiframe(stack, stack.storage.parent / "no-index", syntax, 7, position)
+    assert store_one(stack.scp_port, path, syntax).Status == 0
+    sop, series = stack.uid(9, position, 1), stack.uid(9, position)
+    wait_for(
+        lambda: query(stack.dsn, "SELECT 1 FROM dicom_instance_meta WHERE sop_uid = $1", sop), 30, "indexed"
+    )
+    query(stack.dsn, "UPDATE dicom_instance_meta SET frame_index = NULL WHERE sop_uid = $1", sop)
+    sent = dcmread(path)
+    if syntax == ExplicitVRLittleEndian:
+        size = 32 * 32 * 2
+        expected = [sent.PixelData[i * size : (i + 1) * size] for i in range(7)]
+    else:
+        expected = list(generate_frames(sent.PixelData, number_of_frames=7))
+    url = stack.url(f"/studies/{stack.uid(9)}/series/{series}/instances/{sop}/frames/7,1,4")
+    for _ in range(2):
+        status, headers, body = get(
+            url, Accept="multipart/related; type=application/octet-stream; transfer-syntax=*"
+        )
+        assert status == 200, body[:300]
+        assert headers["content-length"] == str(len(body))
+        assert [data for _, data in parts(body, headers["content-type"])] == [
+            expected[6],
+            expected[0],
+            expected[3],
+        ]
 
 
 def test_bulkdata_uris_resolve_and_rendered_images_render(stack: Stack) -> None:

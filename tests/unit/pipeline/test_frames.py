@@ -28,7 +28,15 @@ from pydicom.uid import (
 
 from pipeline import metadata
 from pipeline.errors import UnreadableDataset
-from pipeline.frames import FrameNotFound, frame_count, frame_index, read_frames, read_frames_parsing
+from pipeline.frames import (
+    FrameNotFound,
+    file_frame_index,
+    frame_count,
+    frame_index,
+    frame_spans,
+    read_frames,
+    read_frames_parsing,
+)
 from tests.support import dicomdata
 
 DEFER_SIZE = metadata.deferred_size(1024)  # 768, as the indexer reads files
@@ -128,13 +136,33 @@ def all_numbers(count: int) -> list[int]:
     return list(range(1, count + 1))
 
 
+def spans_read(path: Path, spans: list[list[tuple[int, int]]]) -> list[bytes]:
+    """What WADO-RS sends for frames located by ``frame_spans``: each frame's spans, joined."""
+    data = path.read_bytes()
+    return [b"".join(data[offset : offset + length] for offset, length in frame) for frame in spans]
+
+
 def assert_index_reads(path: Path, expected: list[bytes]) -> bytes:
-    """The index of ``path`` gives ``expected``, and so does the parsing fallback."""
+    """The index of ``path`` gives ``expected`` (read, and as the spans WADO-RS sends), and so does
+    the parsing fallback."""
     index = indexed(path)
     assert frame_count(index) == len(expected)
     assert read_frames(path, index, all_numbers(len(expected))) == expected
+    assert spans_read(path, frame_spans(index, all_numbers(len(expected)))) == expected
+    assert file_frame_index(path) == index  # what the web server makes for a file indexed without one
     assert read_frames_parsing(path, all_numbers(len(expected))) == expected
     return index
+
+
+def test_frame_spans_are_in_the_order_asked_and_refuse_frames_beyond_the_last(tmp_path: Path) -> None:
+    frames = codestreams(JPEGLSLossless)
+    path = stored(encapsulated(frames, fragments_per_frame=2, has_bot=True), tmp_path)
+    index = indexed(path)
+    spans = frame_spans(index, [3, 1, 3])
+    assert [len(frame) for frame in spans] == [2, 2, 2]  # a frame of two fragments is two spans
+    assert spans_read(path, spans) == read_frames(path, index, [3, 1, 3])
+    with pytest.raises(FrameNotFound, match="frame 4 was asked; the instance has 3"):
+        frame_spans(index, [1, 4])
 
 
 @pytest.mark.parametrize(
@@ -373,3 +401,11 @@ def test_no_pixel_data_is_not_indexed(tmp_path: Path) -> None:
     assert frame_index(dcmread(path, defer_size=DEFER_SIZE)) is None
     with pytest.raises(FrameNotFound, match="0 frame"):
         read_frames_parsing(path, [1])
+
+
+def test_a_file_without_an_index_of_its_own_is_parsed_or_refused(tmp_path: Path) -> None:
+    garbage = tmp_path / "not-dicom.dcm"
+    garbage.write_bytes(b"\x00" * 64)
+    assert file_frame_index(garbage) is None  # its frames are then parsed, which says what is wrong
+    with pytest.raises(FileNotFoundError):
+        file_frame_index(tmp_path / "gone.dcm")  # not readable: the storage's problem, not the file's
