@@ -184,7 +184,7 @@ class AccessLogger(AbstractAccessLogger):
         # viewer's own files are not analytics.
         if is_dicomweb(request.path):
             app[ACCESS_LOG].add(record)
-        if not _log.isEnabledFor(logging.INFO):
+        if not logging.getLogger(__name__).isEnabledFor(logging.INFO):
             return  # structlog would run its processors before the level drops the line
         _log.info(
             "request",

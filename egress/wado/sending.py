@@ -57,6 +57,11 @@ class Answer(web.StreamResponse):
     _send_headers_immediately = False
 
 
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+_STALLED_S = 60.0
+"""How long a client may take nothing at all before its answer is given up."""
+
+
 class FileShorter(OSError):
     """A file ended before a range the answer had promised (it was truncated after it was opened)."""
 
@@ -65,19 +70,33 @@ def body_length(pieces: Sequence[Piece]) -> int:
     return sum(len(p) if isinstance(p, bytes) else p.length for p in pieces)
 
 
+_JOIN_BELOW = 64 * 1024
+"""Neighbouring byte pieces shorter than this are joined (part headers and the CRLFs between
+parts: one write, not several); longer ones are sent as they are, never copied."""
+
+
 def joined(pieces: Sequence[Piece]) -> list[Piece]:
-    """``pieces`` with neighbouring bytes joined (one write, not several), empty ones left out."""
+    """``pieces`` with neighbouring small bytes joined, empty ones left out."""
     out: list[Piece] = []
+    small: list[bytes] = []
+
+    def flush() -> None:
+        if small:
+            out.append(b"".join(small))
+            small.clear()
+
     for piece in pieces:
         if isinstance(piece, bytes):
-            if not piece:
-                continue
-            if out and isinstance(out[-1], bytes):
-                out[-1] += piece
-                continue
-        elif not piece.length:
+            if piece and len(piece) < _JOIN_BELOW:
+                small.append(piece)
+            elif piece:
+                flush()
+                out.append(piece)
             continue
-        out.append(piece)
+        if piece.length:
+            flush()
+            out.append(piece)
+    flush()
     return out
 
 
@@ -161,6 +180,7 @@ class _Socket:
         self._loop = asyncio.get_running_loop()
         self._probe = bytearray(1)
         self.sent = 0
+        self._copy = False
 
     @classmethod
     def of(cls, request: web.Request) -> _Socket | None:
@@ -198,6 +218,9 @@ class _Socket:
     async def _file(self, piece: FileRange) -> None:
         offset, left = piece.offset, piece.length
         while left:
+            if self._copy:
+                offset, left = await self._copied(piece.fd, offset, left)
+                continue
             try:
                 if self._resident(piece.fd, offset, left):
                     count = os.sendfile(self._fd, piece.fd, offset, left)
@@ -205,6 +228,11 @@ class _Socket:
                     count = await _sendfile_in_thread(self._fd, piece.fd, offset, left)
             except BlockingIOError:
                 count = -1
+            except OSError as exc:
+                if exc.errno not in _NO_SENDFILE:
+                    raise
+                self._copy = True  # a file system sendfile cannot read from (some FUSE mounts)
+                continue
             if count < 0:
                 await self._writable()
                 continue
@@ -212,6 +240,15 @@ class _Socket:
                 raise FileShorter(errno.EIO, f"the file ended {left} bytes before the end of its part")
             offset, left = offset + count, left - count
             self.sent += count
+
+    async def _copied(self, fd: int, offset: int, left: int) -> tuple[int, int]:
+        """One chunk of a range read in a thread and sent through our own buffer: where
+        ``sendfile`` cannot read the file."""
+        chunk = await asyncio.to_thread(os.pread, fd, min(left, 1 << 20), offset)
+        if not chunk:
+            raise FileShorter(errno.EIO, f"the file ended {left} bytes before the end of its part")
+        await self.send([chunk])
+        return offset + len(chunk), left - len(chunk)
 
     def _resident(self, fd: int, offset: int, length: int) -> bool:
         """Whether the range's first and last bytes are in the page cache (``RWF_NOWAIT`` reads
@@ -224,19 +261,29 @@ class _Socket:
             return False
 
     async def _writable(self) -> None:
-        if self._transport.is_closing():
-            raise ConnectionResetError("the connection was closed")
-        waiter = self._loop.create_future()
+        """Until the socket takes more. aiohttp may close the connection meanwhile (a client that
+        half-closed and stopped reading) and then forgets this handler: nothing would wake it, so
+        the wait looks again every second, and gives up after ``_STALLED_S`` of no room at all."""
+        waited = 0.0
+        while True:
+            if self._transport.is_closing():
+                raise ConnectionResetError("the connection was closed")
+            if waited >= _STALLED_S:
+                raise ConnectionResetError(f"the client took nothing for {_STALLED_S:g} s")
+            waiter = self._loop.create_future()
 
-        def ready() -> None:
-            if not waiter.done():
-                waiter.set_result(None)
+            def ready(waiter: asyncio.Future[None] = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
 
-        self._loop.add_writer(self._fd, ready)
-        try:
-            await waiter
-        finally:
-            self._loop.remove_writer(self._fd)
+            self._loop.add_writer(self._fd, ready)
+            try:
+                await asyncio.wait_for(waiter, 1.0)
+                return
+            except TimeoutError:
+                waited += 1.0
+            finally:
+                self._loop.remove_writer(self._fd)
 
 
 async def _sendfile_in_thread(sock: int, fd: int, offset: int, count: int) -> int:

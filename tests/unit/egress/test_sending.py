@@ -259,3 +259,19 @@ def test_over_tls_the_body_goes_through_the_transport(
             assert await response.read() == b"[" + data + b"]"
 
     _serve(run, lambda: [b"[", FileRange(fd, 0, len(data)), b"]"], check, server, client)
+
+
+def test_small_pieces_are_joined_and_big_ones_never_copied(tmp_path: Path) -> None:
+    frames = [bytes([n]) * (512 * 1024) for n in range(200)]  # decoded frames: bytes, not file ranges
+    pieces: list[Piece] = []
+    for frame in frames:
+        pieces += [b"--boundary\r\n", b"Content-Type: application/octet-stream\r\n\r\n", frame, b"\r\n"]
+    out = sending.joined(pieces)
+    assert b"".join(p for p in out if isinstance(p, bytes)) == b"".join(
+        p for p in pieces if isinstance(p, bytes)
+    )
+    # Each frame is the very object given (no copy, and no quadratic joining); only the small
+    # pieces between two frames became one.
+    assert [p for p in out if len(p) == 512 * 1024] == frames
+    assert all(out[i] is frames[i // 2] for i in range(1, len(out), 2))
+    assert len(out) == 2 * len(frames) + 1
