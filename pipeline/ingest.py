@@ -1,7 +1,8 @@
 """Storing one received instance: check it, write it durably, spool its events.
 
-Shared by every way an instance arrives: a C-STORE's dataset in memory (``receive``), a STOW-RS
-part already streamed to a temporary file on the storage root's filesystem (``receive_file``).
+Shared by every way an instance arrives: a C-STORE's dataset in memory (``receive_announced``, or
+``receive`` with a pydicom File Meta Information), a STOW-RS part already streamed to a temporary
+file on the storage root's filesystem (``receive_file``).
 Both go through one core with one set of checks. The order is the delivery guarantee: the file is
 durable before its events are spooled, and both before the caller reports success. Nothing is
 written for an instance that fails a check.
@@ -10,6 +11,7 @@ written for an instance that fails a check.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import time
 import uuid
@@ -23,7 +25,14 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
 
 from pipeline import log, topics
-from pipeline.dicomfile import Header, copy_dataset, encode_file_meta, read_header, read_part10
+from pipeline.dicomfile import (
+    Header,
+    copy_dataset,
+    encode_announced_meta,
+    encode_file_meta,
+    read_header,
+    read_part10,
+)
 from pipeline.errors import (
     InstanceUidMismatch,
     InvalidIdentifier,
@@ -45,6 +54,10 @@ from pipeline.stores.files import (
 )
 
 _log = log.get(__name__)
+
+# The instances of a series come one after another: their series' and study's values are computed once.
+_uid_hash = functools.lru_cache(maxsize=1024)(uid_hash)
+_doris_date = functools.lru_cache(maxsize=1024)(doris_date)
 
 
 class StoreStatus(IntEnum):
@@ -89,6 +102,19 @@ class Source:
     ae_title: str
     address: str
     trace_id: str
+
+
+@dataclass(frozen=True)
+class Announced:
+    """What a C-STORE request says of its dataset, before it is read: the SOP class and instance of
+    its command, the presentation context's transfer syntax; with the implementation that writes
+    the File Meta Information the stored file gets."""
+
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    implementation_class: str
+    implementation_version: str
 
 
 @dataclass(frozen=True)
@@ -155,11 +181,11 @@ def events_for(stored: StoredInstance, node_id: str) -> list[Message]:
         transfer_syntax_uid=stored.transfer_syntax,
         number_of_frames=header.number_of_frames,
         created_time=doris_datetime_ms(stored.received),
-        series_uid_hash=uid_hash(loc.series),
-        study_uid_hash=uid_hash(loc.study),
+        series_uid_hash=_uid_hash(loc.series),
+        study_uid_hash=_uid_hash(loc.study),
         accession_number=header.accession_number,
         target_ts=None,
-        study_date=doris_date(header.study_date),
+        study_date=_doris_date(header.study_date),
         transfer_status="stored",
         source_ip=source.address,
         source_ae=source.ae_title,
@@ -198,8 +224,32 @@ class InstanceReceiver:
         header = read_header(dataset, syntax)
         meta = encode_file_meta(file_meta)
         return self._store(
-            header, file_meta, _BY_C_STORE, source, lambda path: write_atomic(path, (meta, dataset)), started
+            header,
+            _announced_by_meta(file_meta),
+            _BY_C_STORE,
+            source,
+            lambda path: write_atomic(path, (meta, dataset)),
+            started,
         )
+
+    def receive_announced(self, announced: Announced, dataset: bytes, source: Source) -> StoredInstance:
+        """``receive`` for a C-STORE request as the SCP has it: what it announced, no pydicom
+        dataset of File Meta Information built for it."""
+        started = time.perf_counter()
+        header = read_header(dataset, announced.transfer_syntax)
+
+        def write(path: Path) -> int:
+            meta = encode_announced_meta(
+                announced.sop_class,
+                announced.sop_instance,
+                announced.transfer_syntax,
+                announced.implementation_class,
+                announced.implementation_version,
+            )
+            return write_atomic(path, (meta, dataset))
+
+        checked = (announced.transfer_syntax, announced.sop_class, announced.sop_instance)
+        return self._store(header, checked, _BY_C_STORE, source, write, started)
 
     def receive_file(self, temp: Path, source: Source, expected_study: Uid | None = None) -> StoredInstance:
         """Store the Part 10 file at ``temp`` (on the storage root's filesystem); raise as ``receive``.
@@ -227,20 +277,23 @@ class InstanceReceiver:
                 temp.unlink()
             return size
 
-        return self._store(header, meta, _BY_FILE_META, source, write, started, expected_study)
+        return self._store(
+            header, _announced_by_meta(meta), _BY_FILE_META, source, write, started, expected_study
+        )
 
     def _store(
         self,
         header: Header,
-        file_meta: FileMetaDataset,
+        announced: tuple[str, str, str],
         announced_by: tuple[str, str],
         source: Source,
         write: Writer,
         started: float,
         expected_study: Uid | None = None,
     ) -> StoredInstance:
-        """The checks and the durable write every received instance goes through."""
-        syntax = str(file_meta.TransferSyntaxUID)
+        """The checks and the durable write every received instance goes through. ``announced``:
+        the transfer syntax, and the SOP class and instance the sender announced (empty: none)."""
+        syntax, announced_class, announced_sop = announced
         location = locate(header, source.tenant)
         if expected_study is not None and location.study != expected_study:
             raise StudyMismatch(
@@ -248,12 +301,10 @@ class InstanceReceiver:
                 f"request; post it to /studies/{location.study} or /studies"
             )
         sop_class = _uid(header.sop_class_uid, "SOPClassUID")
-        announced_class = str(file_meta.get("MediaStorageSOPClassUID", "") or "")
         if announced_class and announced_class != sop_class:
             raise SopClassMismatch(
                 f"SOP Class UID {sop_class} differs from {announced_by[0]} {announced_class}"
             )
-        announced_sop = str(file_meta.get("MediaStorageSOPInstanceUID", "") or "")
         if announced_sop and announced_sop != location.sop:
             raise InstanceUidMismatch(
                 f"SOP Instance UID {location.sop} differs from {announced_by[1]} {announced_sop}"
@@ -272,6 +323,14 @@ class InstanceReceiver:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return stored
+
+
+def _announced_by_meta(meta: FileMetaDataset) -> tuple[str, str, str]:
+    return (
+        str(meta.TransferSyntaxUID),
+        str(meta.get("MediaStorageSOPClassUID", "") or ""),
+        str(meta.get("MediaStorageSOPInstanceUID", "") or ""),
+    )
 
 
 def _completed(meta: FileMetaDataset, header: Header) -> FileMetaDataset:

@@ -1,12 +1,16 @@
 """The durable outbox: events are spooled on disk before a store succeeds, then published to Kafka.
 
 Each process that stores instances (the SCP, the web server's STOW) owns one outbox file, a SQLite
-database in WAL mode with ``synchronous=FULL``: when ``append`` returns, the events survive a crash
-or a power cut. A publisher task sends them in the order they were appended and deletes them only
-after the broker acknowledged them, so a broker that is down, hung or restarted costs latency, never
-an event. Appends that arrive while a commit is under way (other associations, other STOW-RS
-parts) are committed together in the next transaction: one fsync for all of them, each caller still
-returning only once its own messages are durable. A process takes the first free slot
+database in WAL mode whose appends commit with ``synchronous=FULL``: when ``append`` returns, the
+events survive a crash or a power cut. A publisher task sends them in the order they were appended
+and deletes them only after the broker acknowledged them, so a broker that is down, hung or
+restarted costs latency, never an event. Appends that arrive while a commit is under way (other
+associations, other STOW-RS parts) are committed together in the next transaction: one fsync for
+all of them, each caller still returning only once its own messages are durable. The publisher
+reads and deletes on a connection of its own with ``synchronous=NORMAL``: its reads never wait for
+an append's commit, and a delete is not fsynced. A delete lost in a crash only publishes its
+messages again, which delivery at least once allows (consumers are idempotent); the next append's
+commit fsyncs the log with the delete in it anyway. A process takes the first free slot
 ``<name>-<n>.sqlite`` (held with ``flock``), so a restarted process finds its own leftovers;
 outboxes of processes that are gone for good (fewer replicas than before) are adopted and drained
 by whichever publisher finds them unlocked.
@@ -36,6 +40,7 @@ from pipeline.topics import BROKER_FAILURES, ensure_topics
 
 _log = log.get(__name__)
 _FAILURES = BROKER_FAILURES
+_CYCLES_S = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -68,14 +73,19 @@ class Outbox:
         self._committing = False
         self._tickets = 0
         self._outcomes: dict[int, Exception | None] = {}
+        self._reading = threading.Lock()  # the publisher's connection: one user at a time
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            self._publishing = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._publishing.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             os.close(lock_fd)
             raise OutboxError(f"cannot open the outbox {path}: {exc}; check the data folder") from exc
+        self.commits = 0
+        """Transactions that appended: fewer than appends when appends meet."""
 
     @classmethod
     def open_slot(cls, directory: Path, name: str) -> Outbox:
@@ -131,6 +141,7 @@ class Outbox:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("INSERT INTO outbox (topic, key, value) VALUES (?, ?, ?)", rows)
                 self._db.execute("COMMIT")
+                self.commits += 1
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
@@ -144,24 +155,27 @@ class Outbox:
         return None
 
     def peek(self, limit: int) -> list[tuple[int, Message]]:
-        with self._mutex:
-            rows = self._db.execute(
+        with self._reading:
+            rows = self._publishing.execute(
                 "SELECT id, topic, key, value FROM outbox ORDER BY id LIMIT ?", (limit,)
             ).fetchall()
         return [(row[0], Message(row[1], bytes(row[2]), bytes(row[3]))) for row in rows]
 
     def ack(self, through_id: int) -> None:
-        """Forget every message up to ``through_id``: the broker has them."""
-        with self._mutex:
-            self._db.execute("DELETE FROM outbox WHERE id <= ?", (through_id,))
+        """Forget every message up to ``through_id``: the broker has them. Not fsynced (see above)."""
+        # Under the appenders' mutex too: two connections writing at once would meet SQLite's busy
+        # handler, which sleeps.
+        with self._reading, self._mutex:
+            self._publishing.execute("DELETE FROM outbox WHERE id <= ?", (through_id,))
 
     def pending(self) -> int:
-        with self._mutex:
-            count: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        with self._reading:
+            count: int = self._publishing.execute("SELECT count(*) FROM outbox").fetchone()[0]
         return count
 
     def close(self, *, remove: bool = False) -> None:
-        with self._mutex:
+        with self._reading, self._mutex:
+            self._publishing.close()
             self._db.close()
             if remove:
                 for suffix in ("", "-wal", "-shm"):
@@ -182,11 +196,16 @@ def _try_lock(path: Path) -> int | None:
 class OutboxPublisher:
     """Publishes an outbox to Kafka, in order, until stopped; survives any broker outage."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, *, batch_size: int = 500) -> None:
+    def __init__(
+        self, settings: Settings, outbox: Outbox, *, batch_size: int = 500, linger_s: float = 0.01
+    ) -> None:
         self._settings = settings
         self._outbox = outbox
         self._batch_size = batch_size
+        self._linger_s = linger_s
         self._wake = asyncio.Event()
+        self._wake_pending = False
+        self._listening = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = False
@@ -194,15 +213,32 @@ class OutboxPublisher:
         self.published = 0
 
     def notify(self) -> None:
-        """Wake the publisher; safe to call from any thread."""
+        """Wake the publisher; safe to call from any thread. Only a publisher that may be about to
+        wait is woken (one publishing or lingering looks again anyway), and notifications that
+        arrive before the loop has run the last one's callback share it: a wake-up of the loop (a
+        write to its self-pipe) per quiet spell, not one per store."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake.set)
+        if not self._listening or self._wake_pending or loop is None or loop.is_closed():
+            return
+        self._wake_pending = True
+        loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        self._wake_pending = False  # before the wake: a notify from now on schedules its own
+        self._wake.set()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         while not self._stopping:
-            await self._retrying()(self._attempt, self._cycle)
+            await self._retrying()(self._attempt, self._cycles)
+
+    async def _cycles(self) -> None:
+        """Cycles for about a second: the retry policy (its backoff starts afresh after each
+        success) is set up once a second rather than once a batch."""
+        assert self._loop is not None
+        until = self._loop.time() + _CYCLES_S
+        while not self._stopping and self._loop.time() < until:
+            await self._cycle()
 
     async def _cycle(self) -> None:
         """Adopt orphaned outboxes now and then; publish a batch, or wait to be woken."""
@@ -210,10 +246,21 @@ class OutboxPublisher:
         if self._loop.time() - self._orphans_checked > 30:
             await self._drain_orphans()
             self._orphans_checked = self._loop.time()
-        if not await self._publish_batch(self._outbox):
-            self._wake.clear()
+        # Listening and cleared before looking: an append that comes after the look wakes the wait.
+        self._listening = True
+        self._wake.clear()
+        published = await self._publish_batch(self._outbox)
+        if not published:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            return
+        self._listening = False  # it looks again after this batch (and the linger) regardless
+        if published < self._batch_size:
+            # While stores keep coming, publish what a few milliseconds gathered, not each as it
+            # comes: every batch costs a read, a produce request per partition and a delete, the
+            # same for one message as for a hundred, on the core the stores need. The first
+            # store after a quiet spell is still published at once.
+            await asyncio.sleep(self._linger_s)
 
     def _retrying(self) -> AsyncRetrying:
         return until_it_works(

@@ -1,8 +1,8 @@
 """The SCP process: pynetdicom accepts associations on its threads; the asyncio loop publishes.
 
-Each association runs on its own pynetdicom thread and returns only after its instance and events
-are durable (``InstanceReceiver``); the loop's only job is the outbox publisher, woken after each
-store.
+Each association runs on its own thread: pynetdicom negotiates it, ``data_phase`` serves it
+(``handover``), and answers each C-STORE only after its instance and events are durable
+(``InstanceReceiver``); the loop's only job is the outbox publisher, woken after stores.
 
 Transfer syntax negotiation is ``negotiation.accept_first_proposed``: the modality's order wins.
 Known peers (``peers``) are checked at the association request (``admission``), on the plain port
@@ -14,18 +14,23 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
 import threading
+import time
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
 from ingress.scp import tls
 from ingress.scp.admission import reject_unknown_peers
-from ingress.scp.handlers import handle_accepted, handle_closed, handle_store
+from ingress.scp.handlers import StoreHandler, handle_accepted, handle_closed
+from ingress.scp.handover import HandOverRequestHandler, StoreFor
 from ingress.scp.negotiation import accept_first_proposed
 from ingress.scp.peers import KnownPeers
 from pipeline import lifecycle, listeners, log
@@ -37,14 +42,59 @@ from pipeline.stores.files import StorageLayout
 
 _log = log.get(__name__)
 
+# pynetdicom's "standard" handlers describe every PDU and DIMSE message for its INFO and DEBUG log,
+# which pacsflow keeps quiet (pipeline.log): their work would be thrown away on every association.
+_config.LOG_HANDLER_LEVEL = "none"
+
+# An association's thread back from an fsync waits for the interpreter lock while another thread
+# holds it (the publisher, another association): at most this long, not Python's 5 ms.
+_SWITCH_INTERVAL_S = 0.001
+
+# A process serving associations lets the others sharing the listener take a new connection first,
+# this long per association it serves: each process is one core, and the kernel hands a connection
+# to whichever process asks first, which left one process with three of four associations.
+_YIELD_PER_ASSOCIATION_S = 0.003
+_YIELD_AT_MOST_S = 0.024
+
+
+class _SharedContexts(list[PresentationContext]):
+    """The server's supported presentation contexts, which pynetdicom deep-copies for every
+    association (``RequestHandler._create_association``): some 30 ms of CPU per association for
+    every storage SOP class in every syntax. Nothing changes them in place (pynetdicom's
+    negotiation reads them, ``negotiation.accept_first_proposed`` copies those it reorders), so a
+    list of the same contexts does."""
+
+    def __deepcopy__(self, memo: dict[int, object]) -> list[PresentationContext]:
+        return list(self)
+
+
+def _associations_here() -> int:
+    return sum(1 for thread in threading.enumerate() if isinstance(thread, Association))
+
 
 class ListenerServer(ThreadedAssociationServer):
     """Accepts on a socket bound by ``pipeline.listeners``, maybe shared with this install's other
-    SCP processes (each accepts the connections it is first to take)."""
+    SCP processes (each accepts the connections it is first to take), and hands each association's
+    data phase to ``data_phase`` with the ``Store`` that ``store_for`` gives it."""
 
-    def __init__(self, *args: Any, listener: socket.socket, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        ae: AE,
+        address: tuple[str, int],
+        ae_title: str,
+        contexts: list[PresentationContext],
+        ssl_context: ssl.SSLContext | None = None,
+        evt_handlers: list[EventHandlerType] | None = None,
+        *,
+        listener: socket.socket,
+        store_for: StoreFor,
+    ) -> None:
         self._listener = listener
-        super().__init__(*args, **kwargs)
+        self.store_for = store_for
+        super().__init__(
+            ae, address, ae_title, contexts, ssl_context, evt_handlers, request_handler=HandOverRequestHandler
+        )
+        self.contexts = _SharedContexts(self.contexts)
 
     def server_bind(self) -> None:
         # Not pynetdicom's server_bind: it would bind the socket socketserver made, and give the
@@ -59,6 +109,11 @@ class ListenerServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
+        busy = _associations_here()
+        if busy:
+            time.sleep(min(busy * _YIELD_PER_ASSOCIATION_S, _YIELD_AT_MOST_S))
+        # Non-blocking: BlockingIOError when another process took it meanwhile, and socketserver
+        # goes back to waiting (BaseServer._handle_request_noblock).
         client, address = self.socket.accept()
         if self.ssl_context is not None:
             # Not pynetdicom's wrap, which shakes hands here, on the one thread that accepts: a
@@ -115,6 +170,7 @@ def build_ae(settings: Settings) -> AE:
 
 
 async def serve(settings: Settings) -> None:
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     stop = lifecycle.stop_on_signals()
     # A bad certificate or key ends the start before any port is taken.
     context = tls.server_context(settings) if settings.scp_tls_cert else None
@@ -125,12 +181,8 @@ async def serve(settings: Settings) -> None:
     outbox = Outbox.open_slot(settings.outbox_dir, "scp")
     publisher = OutboxPublisher(settings, outbox)
     receiver = InstanceReceiver(StorageLayout(settings.storage_root), outbox, settings.node_id)
+    stores = StoreHandler(receiver, settings.scp_tenants, settings.default_tenant, publisher.notify)
     handlers: list[EventHandlerType] = [
-        (
-            evt.EVT_C_STORE,
-            handle_store,
-            [receiver, settings.scp_tenants, settings.default_tenant, publisher.notify],
-        ),
         # Bound first: a refused peer is answered before anything is negotiated for it.
         (evt.EVT_REQUESTED, reject_unknown_peers, [KnownPeers.from_settings(settings)]),
         (evt.EVT_REQUESTED, accept_first_proposed),
@@ -146,6 +198,7 @@ async def serve(settings: Settings) -> None:
             ssl_context=context if variable == listeners.INHERITED_TLS_FD else None,
             server_class=ListenerServer,
             listener=sock,
+            store_for=stores.for_association,
         )
         for variable, sock in sockets.items()
     ]

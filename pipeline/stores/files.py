@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
+import threading
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import StorageError, StorageFull, StorageUnavailable
 from pipeline.models import TenantId, Uid
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 TEMP_SUFFIX = ".tmp"
 
 
@@ -32,7 +35,7 @@ class InstanceLocation:
     series: Uid
     sop: Uid
 
-    @property
+    @functools.cached_property
     def relative(self) -> PurePosixPath:
         """The path under the storage root, as events carry it."""
         return PurePosixPath(self.tenant, self.study, self.series, f"{self.sop}.dcm")
@@ -62,13 +65,98 @@ def converted_copy(instance: Path) -> Path:
     return instance.with_suffix(".converted")
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
     """Make a folder's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass
+class _Folder:
+    changed: threading.Condition
+    started: int = 0
+    """fsyncs of the folder begun"""
+    done: int = 0
+    """the last fsync that ended (they run one at a time)"""
+    synced: int = 0
+    """the last fsync that succeeded"""
+    error: OSError | None = None
+    running: bool = False
+    users: int = 0
+    waiting: list[int] = field(default_factory=list)
+
+
+class FolderSyncs:
+    """Folder fsyncs shared by the files renamed into one folder at the same time.
+
+    A rename is durable once an fsync of its folder that *began after it* has ended (an fsync
+    already under way may have read the folder before the rename). So a writer takes as its turn
+    the next fsync to begin, and returns when that one ended: run by itself if none is under way,
+    else by whichever writer is first to find the running one ended; every writer that arrived
+    meanwhile shares it. Each writer still returns only once its own rename is durable, or raises
+    the error of the fsync it waited for.
+    """
+
+    def __init__(self, fsync: Callable[[Path], None] | None = None) -> None:
+        self._fsync = fsync or fsync_dir
+        self._lock = threading.Lock()
+        self._folders: dict[str, _Folder] = {}
+
+    def sync(self, folder: Path | str) -> None:
+        """Make the entries ``folder`` has now (a rename just done) durable."""
+        key = os.fspath(folder)
+        with self._lock:
+            state = self._folders.get(key)
+            if state is None:
+                state = self._folders[key] = _Folder(threading.Condition(self._lock))
+            state.users += 1
+            turn = state.started + 1
+            state.waiting.append(turn)
+            try:
+                while state.done < turn:
+                    if state.running:
+                        state.changed.wait()
+                    else:
+                        self._run(folder, state)
+            finally:
+                state.waiting.remove(turn)
+                state.users -= 1
+                if not state.users:
+                    del self._folders[key]
+            if state.synced < turn:
+                assert state.error is not None
+                raise state.error
+
+    def _run(self, folder: Path | str, state: _Folder) -> None:
+        """One fsync, the lock released while it runs."""
+        state.started += 1
+        number, state.running = state.started, True
+        error: OSError | None = None
+        self._lock.release()
+        try:
+            self._fsync(Path(folder))
+        except OSError as exc:
+            error = exc
+        finally:
+            self._lock.acquire()
+            state.running, state.done = False, number
+            if error is None:
+                state.synced = number
+            else:
+                state.error = error
+            state.changed.notify_all()
+
+    def waiting(self, folder: Path) -> int:
+        """How many writers wait for an fsync of ``folder`` now (for tests)."""
+        with self._lock:
+            state = self._folders.get(os.fspath(folder))
+            return len(state.waiting) if state is not None else 0
+
+
+_FOLDER_SYNCS = FolderSyncs()
 
 
 def make_dirs(directory: Path) -> None:
@@ -79,11 +167,11 @@ def make_dirs(directory: Path) -> None:
         missing.append(probe)
         probe = probe.parent
     for new in reversed(missing):
-        try:
+        # Another association may create it at the same moment: its entry is durable once the
+        # parent has been synced after that, whoever made it.
+        with contextlib.suppress(FileExistsError):
             new.mkdir()
-        except FileExistsError:
-            continue  # another association created it at the same moment
-        fsync_dir(new.parent)
+        _FOLDER_SYNCS.sync(new.parent)
 
 
 def _error(path: Path, exc: OSError) -> StorageError:
@@ -96,15 +184,20 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
     """Write ``chunks`` to ``path`` so that a reader sees the old file or the whole new one.
 
     The bytes go to a temporary name in the same folder, are fsynced, renamed over ``path`` and
-    the folder is fsynced: when this returns, the file survives a crash. On failure nothing new
-    is left behind and an existing file at ``path`` is untouched. Returns the size written.
+    the folder is fsynced (an fsync shared with the other files renamed into it meanwhile:
+    ``FolderSyncs``): when this returns, the file survives a crash. On failure nothing new is
+    left behind and an existing file at ``path`` is untouched. Returns the size written.
     """
-    directory = path.parent
-    temp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+    # Strings, not Paths, on the way of every instance: pathlib costs more than the syscalls.
+    directory, name = os.path.split(os.fspath(path))
+    temp = f"{directory}/.{name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
     size = 0
     try:
-        make_dirs(directory)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:  # the folder is there for all but an instance's series' first
+            fd = os.open(temp, _NEW_FILE, 0o644)
+        except FileNotFoundError:
+            make_dirs(Path(directory))
+            fd = os.open(temp, _NEW_FILE, 0o644)
         try:
             for chunk in chunks:
                 view = memoryview(chunk)
@@ -115,11 +208,11 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
             os.fsync(fd)
         finally:
             os.close(fd)
-        temp.replace(path)
-        fsync_dir(directory)
+        os.replace(temp, path)  # noqa: PTH105 - strings, as above
+        _FOLDER_SYNCS.sync(directory)
     except OSError as exc:
         with contextlib.suppress(OSError):  # the original error is the one to report
-            temp.unlink(missing_ok=True)
+            os.unlink(temp)  # noqa: PTH108 - strings, as above
         raise _error(path, exc) from exc
     return size
 
@@ -163,7 +256,7 @@ def place_atomic(temp: Path, path: Path) -> int:
             os.close(fd)
         make_dirs(path.parent)
         temp.replace(path)
-        fsync_dir(path.parent)
+        _FOLDER_SYNCS.sync(path.parent)
     except OSError as exc:
         if exc.errno == errno.EXDEV:  # on another filesystem after all: copy it
             with open(temp, "rb") as fp:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -91,4 +94,66 @@ def test_a_failed_commit_fails_every_append_it_held(tmp_path: Path) -> None:
     outbox._db.execute("DROP TRIGGER refuse")
     outbox.append(messages(1))
     assert outbox.pending() == 1
+    outbox.close()
+
+
+def test_appends_that_meet_a_commit_under_way_share_the_next_one(tmp_path: Path) -> None:
+    outbox = Outbox.open_slot(tmp_path, "scp")
+    committing, go = threading.Event(), threading.Event()
+    commit = outbox._commit
+
+    def held_commit(rows: list[tuple[str, bytes, bytes]]) -> Exception | None:
+        if outbox.commits == 0:  # the first commit waits, holding the turn, while others queue
+            committing.set()
+            assert go.wait(30)
+        return commit(rows)
+
+    outbox._commit = held_commit  # type: ignore[method-assign]
+    first = threading.Thread(target=outbox.append, args=(messages(1),))
+    first.start()
+    assert committing.wait(30)
+    others = [threading.Thread(target=outbox.append, args=(messages(2, start=1 + 2 * n),)) for n in range(3)]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(outbox._queued) < 3:  # each has queued its rows and waits for its turn
+        assert time.monotonic() < deadline, "the appenders never queued"
+        time.sleep(0.001)
+    assert outbox.pending() == 0
+    go.set()
+    for thread in [first, *others]:
+        thread.join(30)
+    assert outbox.commits == 2, "three appends that met one commit share the next"
+    assert outbox.pending() == 7
+    outbox.close()
+
+
+_APPEND_ACK_AND_WAIT = """
+import sys
+from pathlib import Path
+from pipeline.outbox import Message, Outbox
+
+outbox = Outbox.open_slot(Path(sys.argv[1]), "scp")
+outbox.append([Message("storage_queue", b"k", b"v%d" % i) for i in range(3)])
+outbox.ack(outbox.peek(2)[-1][0])
+outbox.append([Message("storage_queue", b"k", b"v3")])
+print("appended", flush=True)
+sys.stdin.read()  # killed here, with nothing closed
+"""
+
+
+def test_what_append_returned_survives_a_kill_and_an_ack_only_ever_republishes(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _APPEND_ACK_AND_WAIT, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[3],
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"appended\n"
+        child.kill()
+    outbox = Outbox.open_slot(tmp_path, "scp")
+    values = [m.value for _, m in outbox.peek(10)]
+    assert values[-2:] == [b"v2", b"v3"], "an append that returned is never lost"
+    assert values in ([b"v2", b"v3"], [b"v0", b"v1", b"v2", b"v3"]), "a lost ack republishes, in order"
     outbox.close()
