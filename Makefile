@@ -14,9 +14,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BROWSER_TOOLS := tests/browser/node_modules/.package-lock.json
-APT_PACKAGES := dcmtk redis-server mariadb-server
+APT_PACKAGES := dcmtk redis-server mariadb-server nginx
 
-.PHONY: help python install system-deps run test lint bench bench-pipeline bench-analytics clean
+.PHONY: help python install system-deps run test compose-test lint bench bench-pipeline bench-capacity bench-analytics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,7 +47,7 @@ $(BROWSER_TOOLS): tests/browser/package-lock.json
 	  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: browser tests will be skipped (under CI, fail); install npm, then run make test again"; fi
 
-system-deps: ## install Debian packages the tests use as real peers (dcmtk; redis-server and mariadb-server, which tests start and stop)
+system-deps: ## install Debian packages the tests use as real peers (dcmtk; redis-server, mariadb-server and nginx, which tests start and stop)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
@@ -65,6 +65,11 @@ test: ## run the whole test suite (installs what it needs first, chromium includ
 	@$(MAKE) --no-print-directory install $(BROWSER_TOOLS)
 	$(BIN)/pytest
 
+# The engine check comes first: where there is none, nothing is installed to say so.
+compose-test: ## bring the compose stack up on Docker, C-STORE an instance and read it back through nginx (QIDO, metadata, frame), tear it down; skipped without a Docker engine
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory python $(STAMP); fi
+	tests/compose/run.sh $(BIN)
+
 lint: install ## ruff, mypy (strict) and the import-linter contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -76,6 +81,10 @@ bench: install ## pacsflow and Orthanc side by side on the same data (ingest, QI
 	$(BIN)/python -m tests.bench.versus
 	$(BIN)/python -m tests.bench.auth
 	$(BIN)/python -m tests.bench.growth
+
+bench-capacity: install ## one SCP process, one index worker, PostgreSQL rows/bytes and Kafka records per instance, the disk's fsync rate (docs/scaling.md)
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) strace"
+	$(BIN)/python -m tests.bench.capacity
 
 bench-analytics: install ## the analytics sink's rows/s (1 and 4 partitions) and the reports over 100,000 instance rows
 	$(BIN)/python -m tests.bench.sink

@@ -7,10 +7,13 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as kafka_driver
 
+from pipeline import listeners
 from pipeline.agents import conversion, index, metadata
 from pipeline.agents.database import Database
 from pipeline.cache import Cache
+from pipeline.metrics import exposition, probes
 from pipeline.settings import Settings
+from pipeline.status import database_counts
 from pipeline.tables.metadata_window import cleanup_interval
 
 
@@ -26,6 +29,51 @@ class _Opened(faust.Service):
 
     async def on_stop(self) -> None:
         await self._cache.stop()
+
+
+class _Probes(faust.Service):
+    """``/metrics``, ``/ready`` and ``/health`` of the worker on ``PACSFLOW_WORKER_METRICS_PORT``.
+
+    Ready: the database and the broker answer, and this worker has partitions assigned (a worker
+    left without any, there being more workers than partitions, does nothing, and says so)."""
+
+    def __init__(self, app: faust.App, settings: Settings, database: Database) -> None:
+        super().__init__()
+        self._app = app
+        self._settings = settings
+        self._database = database
+        self._runner: Any = None
+
+    async def _database_answers(self) -> None:
+        await probes.database_answers(await self._database.pool())
+
+    async def _broker_answers(self) -> None:
+        await probes.broker_answers(self._settings)
+
+    async def _partitions_assigned(self) -> None:
+        if not self._app.consumer.assignment():
+            raise RuntimeError("no partitions assigned to this worker (yet)")
+
+    async def _database_gauges(self) -> list[exposition.Family]:
+        return exposition.database_families(*await database_counts(await self._database.pool()))
+
+    async def _broker_gauges(self) -> list[exposition.Family]:
+        return await exposition.broker_source(self._settings)
+
+    async def on_start(self) -> None:
+        settings = self._settings
+        checks: dict[str, probes.Check] = {
+            "database": self._database_answers,
+            "broker": self._broker_answers,
+            "partitions": self._partitions_assigned,
+        }
+        sources = {"broker": self._broker_gauges, "database": self._database_gauges}
+        sock = listeners.bind(listeners.worker_metrics(settings))
+        self._runner = await probes.start(probes.application("worker", checks, sources), sock)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 def _transport_waiting(fetch_wait_ms: int) -> type[kafka_driver.Transport]:
@@ -81,6 +129,8 @@ def create_app(settings: Settings) -> faust.App:
     cache = Cache(settings.redis_url, settings.redis_prefix)
     app.add_dependency(database)
     app.add_dependency(_Opened(cache))
+    if settings.worker_metrics_port:
+        app.add_dependency(_Probes(app, settings, database))
     index.register(app, settings, database, cache)
     metadata.register(app, settings, database, cache)
     conversion.register(app, settings, database, cache)

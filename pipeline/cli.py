@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline import __version__, lifecycle, log
 from pipeline import settings as settings_module
@@ -65,7 +66,40 @@ def _parser() -> argparse.ArgumentParser:
         "(default: PACSFLOW_PUBLIC_URL, else http://127.0.0.1:<port>, plus /dicomweb)",
     )
     viewer.add_argument("--router-basename", default="/", help="the path OHIF is served under (default: /)")
+    _nginx_parser(commands)
     return parser
+
+
+def _nginx_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    nginx = commands.add_parser(
+        "nginx-config",
+        help="write nginx's configuration (HTTPS, balancing over the web processes, the viewer's files)",
+    )
+    nginx.add_argument(
+        "--out", required=True, type=Path, help="the folder nginx runs from (nginx.conf in it)"
+    )
+    nginx.add_argument(
+        "--upstream",
+        required=True,
+        action="append",
+        metavar="HOST:PORT",
+        help="a `pacsflow web`; repeat for each",
+    )
+    nginx.add_argument(
+        "--resolver",
+        default="",
+        help="DNS server that re-resolves the upstreams every 10 s (Docker: 127.0.0.11)",
+    )
+    nginx.add_argument(
+        "--http-port", type=int, default=8080, help="plain HTTP, redirected to HTTPS (default: 8080)"
+    )
+    nginx.add_argument("--https-port", type=int, default=8443, help="HTTPS and HTTP/2 (default: 8443)")
+    nginx.add_argument("--server-name", default="_", help="nginx's server_name (default: _, any)")
+    nginx.add_argument(
+        "--tls-cert", type=Path, help="PEM certificate chain (default: a self-signed one, made once)"
+    )
+    nginx.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    nginx.add_argument("--user", default="", help="user nginx's workers run as when it starts as root")
 
 
 def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
@@ -152,6 +186,20 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
 
         dicomweb = args.dicomweb or f"{settings.public_base}/dicomweb"
         print(fixed(dicomweb, args.router_basename, sign_in(settings)), end="")
+    elif command == "nginx-config":
+        from egress.proxy.nginx import Proxy, write
+
+        proxy = Proxy(
+            tuple(args.upstream),
+            args.resolver,
+            args.http_port,
+            args.https_port,
+            args.server_name,
+            args.tls_cert,
+            args.tls_key,
+            args.user,
+        )
+        print(write(args.out, proxy, settings))
     elif command == "doris":
         _doris(args.doris_command, settings, args)
     elif command == "analytics":

@@ -26,7 +26,9 @@ INHERITED_FD = "LISTENER_FD"
 DICOM port of the SCP, the HTTP port of web."""
 INHERITED_TLS_FD = "LISTENER_TLS_FD"
 """The same for the SCP's DICOM over TLS port."""
-_INHERITED = (INHERITED_FD, INHERITED_TLS_FD)
+INHERITED_METRICS_FD = "LISTENER_METRICS_FD"
+"""The same for the SCP's metrics port: whichever of its processes a scrape reaches answers for all."""
+_INHERITED = (INHERITED_FD, INHERITED_TLS_FD, INHERITED_METRICS_FD)
 
 BACKLOG = 128  # a burst of modalities or browsers connecting at once is not refused
 
@@ -49,14 +51,28 @@ def dicom_tls(settings: Settings) -> Endpoint:
     return Endpoint(settings.scp_host, settings.scp_tls_port, "PACSFLOW_SCP_HOST", "PACSFLOW_SCP_TLS_PORT")
 
 
+def scp_metrics(settings: Settings) -> Endpoint:
+    return Endpoint(
+        settings.scp_host, settings.scp_metrics_port, "PACSFLOW_SCP_HOST", "PACSFLOW_SCP_METRICS_PORT"
+    )
+
+
+def worker_metrics(settings: Settings) -> Endpoint:
+    return Endpoint(
+        settings.http_host, settings.worker_metrics_port, "PACSFLOW_HTTP_HOST", "PACSFLOW_WORKER_METRICS_PORT"
+    )
+
+
 def scp(settings: Settings) -> dict[str, Endpoint]:
     """The SCP's endpoints, each by the variable that hands it down: the plain DICOM port unless
-    ``PACSFLOW_SCP_PLAIN=off``, the TLS port when a certificate is set."""
+    ``PACSFLOW_SCP_PLAIN=off``, the TLS port when a certificate is set, the metrics port unless 0."""
     endpoints = {}
     if settings.scp_plain:
         endpoints[INHERITED_FD] = dicom(settings)
     if settings.scp_tls_cert:
         endpoints[INHERITED_TLS_FD] = dicom_tls(settings)
+    if settings.scp_metrics_port:
+        endpoints[INHERITED_METRICS_FD] = scp_metrics(settings)
     return endpoints
 
 

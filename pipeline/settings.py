@@ -71,12 +71,22 @@ class Settings:
     http_processes: int
     """Web processes sharing the HTTP port; one process is bound by one core."""
     public_url: str
+    http_accel_redirect: str
+    """nginx's internal location (``/_pacsflow/storage/``) over the storage root: current metadata
+    files are answered with ``X-Accel-Redirect`` for nginx to send; empty: pacsflow sends them."""
     cors_origins: tuple[str, ...]
     """Origins whose pages may call the DICOMweb API; ``*`` for any."""
     http_max_url_bytes: int
     """Longest request line (method, URL, version) the web server reads."""
     http_max_header_bytes: int
     """Longest single request header the web server reads."""
+    scp_metrics_port: int
+    """Port of the SCP processes' ``/metrics``, ``/ready`` and ``/health`` (shared like the DICOM
+    port); 0: none."""
+    worker_metrics_port: int
+    """Port of the worker's ``/metrics``, ``/ready`` and ``/health``; 0: none."""
+    metrics_dir: Path
+    """Where each process of a service writes its metrics for whichever answers a scrape to sum."""
     auth: str
     """``off`` or ``jwt``: bearer tokens from the OIDC issuer on every DICOMweb route."""
     oidc_issuer: str
@@ -365,6 +375,16 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _location_prefix(raw: str) -> str:
+    value = raw.strip()
+    # Starting with "/_", it cannot shadow a route of pacsflow's (/dicomweb, /tenants, the viewer's).
+    if value and not re.fullmatch(r"/_[A-Za-z0-9._~-]*/(?:[A-Za-z0-9._~-]+/)*", value):
+        raise ValueError(
+            f"{raw!r} is not a URL path that starts with /_ and ends with / (e.g. /_pacsflow/storage/)"
+        )
+    return value
+
+
 def _node_id(raw: str) -> str:
     value = raw.strip() or socket.gethostname()
     if len(value) > 64:
@@ -639,6 +659,17 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
         ),
     ),
     (
+        "http_accel_redirect",
+        Setting(
+            "PACSFLOW_HTTP_ACCEL_REDIRECT",
+            "",
+            "behind nginx (`pacsflow nginx-config`): its internal location over the storage root "
+            "(`/_pacsflow/storage/`; it starts with `/_`), from which nginx sends current metadata files; "
+            "empty: pacsflow sends them",
+            _location_prefix,
+        ),
+    ),
+    (
         "cors_origins",
         Setting(
             "PACSFLOW_CORS_ORIGINS",
@@ -663,6 +694,34 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "16380",
             "longest single HTTP request header read (a bearer token included); longer: 400",
             _int(256, 1 << 20),
+        ),
+    ),
+    (
+        "scp_metrics_port",
+        Setting(
+            "PACSFLOW_SCP_METRICS_PORT",
+            "9101",
+            "port of the SCP's `/metrics`, `/ready` and `/health`, shared by its processes (0: none)",
+            _PORT,
+        ),
+    ),
+    (
+        "worker_metrics_port",
+        Setting(
+            "PACSFLOW_WORKER_METRICS_PORT",
+            "9102",
+            "port of the worker's `/metrics`, `/ready` and `/health` (0: none)",
+            _PORT,
+        ),
+    ),
+    (
+        "metrics_dir",
+        Setting(
+            "PACSFLOW_METRICS_DIR",
+            "$PACSFLOW_DATA_DIR/metrics",
+            "where each process writes its metrics, a folder per service; local to one machine "
+            "(or container): files are named by process id",
+            Path,
         ),
     ),
     (
@@ -1028,7 +1087,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values: dict[str, Any] = {}
     for name, setting in SETTINGS:
         raw = source.get(setting.env, "")
-        if raw == "" and name == "storage_root":
+        if raw == "" and name in ("storage_root", "metrics_dir"):
             values[name] = None  # derived below, from data_dir
             continue
         if raw == "":
@@ -1044,6 +1103,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values["data_dir"] = data_dir
     root = values["storage_root"]
     values["storage_root"] = (Path(root).expanduser() if root else data_dir / "storage").absolute()
+    metrics = values["metrics_dir"]
+    values["metrics_dir"] = (Path(metrics).expanduser() if metrics else data_dir / "metrics").absolute()
     values["env"] = source
     return Settings(**values)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -130,10 +131,33 @@ def _lag(end: int, committed: int | None) -> int | None:
     return None if committed is None else max(0, end - committed)
 
 
-async def status(settings: Settings) -> list[str]:
+@dataclass(frozen=True)
+class Offsets:
+    """The topics' offsets as the worker group sees them: what `pacsflow status` and the worker's
+    ``/metrics`` show."""
+
+    existing: frozenset[str]
+    partitions: list[TopicPartition]
+    ends: dict[TopicPartition, int]
+    committed: dict[TopicPartition, int | None]
+    dead_letters: int
+    """Records in the dead-letter topic: counted by reading them when ``offsets`` was asked to,
+    else end minus beginning offset, an upper bound on Tansu (whose offsets are not dense)."""
+
+    def lag(self, tp: TopicPartition) -> int | None:
+        """End offset minus the group's committed offset; None while the group has committed none."""
+        return _lag(self.ends[tp], self.committed[tp])
+
+
+async def offsets(settings: Settings, *, count_dead_letters: bool = False) -> Offsets:
+    """The offsets, and the dead letters: read and counted with ``count_dead_letters`` (`pacsflow
+    status`: exact, but as long as the topic is), else taken from the offsets alone (a scrape: it
+    must answer within seconds however many there are)."""
     consumer = _group_reader(settings, GROUP)
-    await consumer.start()
     try:
+        # Inside the try: a start cancelled by a timeout must still stop what it opened (stop()
+        # is safe after a partial start).
+        await consumer.start()
         existing = await consumer.topics()
         partitions = [
             TopicPartition(topic, partition)
@@ -142,16 +166,31 @@ async def status(settings: Settings) -> list[str]:
             for partition in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         ends = await consumer.end_offsets(partitions)
-        starts = await consumer.beginning_offsets(partitions)
         committed = await _committed(consumer, partitions)
-        dlq = await _count(
-            consumer, [tp for tp in partitions if tp.topic == topics.STORAGE_DLQ], starts, ends
-        )
+        dead = [tp for tp in partitions if tp.topic == topics.STORAGE_DLQ]
+        starts = await consumer.beginning_offsets(dead) if dead else {}
+        if count_dead_letters:
+            dlq = await _count(consumer, dead, starts, ends)
+        else:
+            dlq = sum(max(0, ends[tp] - starts[tp]) for tp in dead)
     finally:
         await consumer.stop()
+    return Offsets(frozenset(existing), partitions, ends, committed, dlq)
+
+
+async def database_counts(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[dict[str, int], dict[str, int]]:
+    """Series per metadata status (done, pending, failed); instances per conversion status
+    (pending, failed)."""
+    return await json_meta.pending_counts(conn), await conversions.counts(conn)
+
+
+async def status(settings: Settings) -> list[str]:
+    found = await offsets(settings, count_dead_letters=True)
+    existing, partitions, ends, committed = found.existing, found.partitions, found.ends, found.committed
+    dlq = found.dead_letters
     analytics = _group_reader(settings, topics.ANALYTICS_GROUP)
-    await analytics.start()
     try:
+        await analytics.start()
         sink = await _committed(analytics, [tp for tp in partitions if tp.topic in topics.DORIS_BOUND])
     finally:
         await analytics.stop()
@@ -201,8 +240,7 @@ async def _database_lines(dsn: str) -> list[str]:
     try:
         conn = await asyncpg.connect(dsn)
         try:
-            series = await json_meta.pending_counts(conn)
-            instances = await conversions.counts(conn)
+            series, instances = await database_counts(conn)
         finally:
             await conn.close()
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -8,6 +8,7 @@ import faust
 
 from pipeline import lifecycle, log
 from pipeline.app import create_app
+from pipeline.metrics import folder
 from pipeline.retries import until_it_works
 from pipeline.settings import Settings
 from pipeline.topics import BROKER_FAILURES, ensure_topics
@@ -48,6 +49,7 @@ class Worker(faust.Worker):
 
 
 def run(settings: Settings) -> None:
+    folder.prepare(settings, "worker")  # before anything imports prometheus_client (pipeline.metrics)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only its own folder
     app = create_app(settings)
     worker = Worker(

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import resource
+import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
@@ -18,7 +20,14 @@ from egress.auth.keys import IssuerKeys, KeysUnavailable
 from egress.auth.tokens import TokenJudge
 from egress.viewer import site as viewer
 from egress.wado import analytics, delete, metadata, qido, retrieve, stow
-from egress.wado.access_log import ACCESS_LOG, AccessLogger, AccessLogPublisher, echo_trace_id, tracing
+from egress.wado.access_log import (
+    ACCESS_LOG,
+    STARTED,
+    AccessLogger,
+    AccessLogPublisher,
+    echo_trace_id,
+    tracing,
+)
 from egress.wado.cors import cors
 from egress.wado.errors import errors
 from egress.wado.keys import BUILDER, CACHE, OUTBOX, POOL, PUBLISHER, SETTINGS
@@ -26,12 +35,19 @@ from egress.wado.routes import routes
 from egress.wado.urls import PREFIXES
 from pipeline import lifecycle, listeners, log
 from pipeline.cache import Cache
+from pipeline.metrics import folder
+from pipeline.metrics.guard import Recording
 from pipeline.outbox import Outbox, OutboxPublisher
 from pipeline.regeneration import MetadataBuilder
 from pipeline.settings import Settings
 from pipeline.stores.files import StorageLayout
 
+if TYPE_CHECKING:  # imported by create_app, after serve set the metrics folder (pipeline.metrics)
+    from pipeline.metrics.instruments import Routes
+
 _log = log.get(__name__)
+_TIMING = Recording("http_request_seconds")
+ROUTES: web.AppKey[Routes] = web.AppKey("route_timers")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -43,6 +59,10 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(echo_trace_id)
     app.on_response_prepare.append(_no_sniffing)
     app[SETTINGS] = settings
+    from pipeline.metrics import instruments
+
+    app[ROUTES] = instruments.Routes()
+    app[stow.COUNTS] = instruments.Stores("stow")
     app[BUILDER] = MetadataBuilder(
         StorageLayout(settings.storage_root),
         settings.public_base,
@@ -138,6 +158,19 @@ async def _outbox(app: web.Application) -> AsyncIterator[None]:
     outbox.close()
 
 
+class TimedAccessLogger(AccessLogger):
+    """The access log, and each request's time in ``pacsflow_http_request_seconds``."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
+        if isinstance(request, web.Request):
+            started = request.get(STARTED)
+            # Not aiohttp's duration: uvloop's clock counts whole milliseconds (see access_log).
+            seconds = time.perf_counter() - started if started is not None else duration
+            with _TIMING:  # neither the answer nor its log line depends on the metric's file
+                request.app[ROUTES].observe(request.match_info.route.resource, request.method, seconds)
+        super().log(request, response, duration)
+
+
 class _NoRequestBytes(logging.Filter):
     """aiohttp logs a request it cannot parse with the bytes it choked on: an oversized
     ``Authorization`` header would put a bearer token in the log. Keep the kind of fault, not the bytes."""
@@ -169,6 +202,7 @@ def _open_files_to_the_hard_limit() -> None:
 
 
 async def serve(settings: Settings) -> None:
+    folder.prepare(settings, "web")  # before create_app imports prometheus_client (pipeline.metrics)
     _open_files_to_the_hard_limit()
     stop = lifecycle.stop_on_signals()
     # Handed down by `pacsflow dev`, else bound here, before anything is opened: a port another
@@ -181,7 +215,7 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(
         create_app(settings),
         access_log=logging.getLogger("pacsflow.access"),
-        access_log_class=AccessLogger,
+        access_log_class=TimedAccessLogger,
         max_line_size=settings.http_max_url_bytes,
         max_field_size=settings.http_max_header_bytes,
         logger=_PROTOCOL_LOG,

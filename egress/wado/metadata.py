@@ -3,7 +3,9 @@ current and reached by the same root; else built now from the index, the same wa
 is its fragment.
 
 Whether a file is current is one primary-key lookup (``json_meta.series_version``); a current file
-goes out as it is (its pre-compressed ``.json.gz`` when the client accepts gzip, ETag and 304).
+goes out as it is (its pre-compressed ``.json.gz`` when the client accepts gzip, ETag and 304);
+behind nginx (``PACSFLOW_HTTP_ACCEL_REDIRECT``, and the request carrying nginx's handshake header),
+nginx sends it, told which by ``X-Accel-Redirect``.
 An answer built on demand carries an ETag of the versions it was built from.
 """
 
@@ -12,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
+from egress.proxy import ACCEL_HANDSHAKE
 from egress.wado.conditional import held, not_modified
 from egress.wado.errors import NotFound
 from egress.wado.keys import BUILDER, CACHE, POOL, SETTINGS
@@ -25,6 +29,7 @@ from pipeline.stores.files import StorageLayout
 
 DICOM_JSON = "application/dicom+json"
 CACHED_AT_MOST = 1 << 20
+ACCEL_REDIRECT = "X-Accel-Redirect"
 READ_INLINE = 64 << 10
 """Files up to this size are read on the event loop: from the page cache that is microseconds."""
 
@@ -115,9 +120,13 @@ async def _file(request: web.Request, path: Path) -> web.StreamResponse | None:
     reading a file of this size from the page cache. Files are replaced by rename, so a read sees
     one whole version.
     """
+    settings = request.app[SETTINGS]
+    prefix = settings.http_accel_redirect
+    if prefix and request.headers.get(ACCEL_HANDSHAKE) == prefix:
+        return _sent_by_nginx(path, settings.storage_root, prefix)
     gzipped = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
     target = path.with_name(path.name + ".gz") if gzipped else path
-    root = request.app[SETTINGS].storage_root
+    root = settings.storage_root
     try:
         stat = target.stat()
         etag = f"{stat.st_mtime_ns:x}-{stat.st_size:x}{'-gz' if gzipped else ''}"
@@ -138,6 +147,25 @@ async def _file(request: web.Request, path: Path) -> web.StreamResponse | None:
         raise unreadable(root, f"metadata file {target.relative_to(root)}", exc) from exc
     response.etag = etag
     response.headers[hdrs.VARY] = "Accept-Encoding"
+    return response
+
+
+def _sent_by_nginx(path: Path, root: Path, prefix: str) -> web.StreamResponse | None:
+    """An empty answer naming the file for nginx to send from its internal location over the
+    storage root (``PACSFLOW_HTTP_ACCEL_REDIRECT``): its ``.json.gz`` to gzip clients
+    (``gzip_static``), its own ETag and 304. Everything else was decided here: tenant, rights,
+    whether the file is current."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise unreadable(root, f"metadata file {path.relative_to(root)}", exc) from exc
+    response = web.Response(content_type=DICOM_JSON)
+    response.headers[ACCEL_REDIRECT] = prefix + quote(path.relative_to(root).as_posix())
+    # nginx keeps this header of the answer (not ETag or Vary): without it, the Last-Modified nginx
+    # sends would let a browser reuse a series' metadata for minutes while its study arrives.
+    response.headers[hdrs.CACHE_CONTROL] = "no-cache"
     return response
 
 

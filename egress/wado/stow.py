@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
@@ -41,10 +41,15 @@ from egress.wado.urls import root_for, tenant_of, uid
 from pipeline import log
 from pipeline.errors import PacsflowError
 from pipeline.ingest import InstanceReceiver, Source, StoredInstance, StoreStatus, status_for
+from pipeline.metrics.guard import Recording
 from pipeline.models import Uid
 from pipeline.stores.files import TEMP_SUFFIX, StorageLayout
 
+if TYPE_CHECKING:  # imported by create_app once the metrics folder is set (pipeline.metrics)
+    from pipeline.metrics.instruments import Stores
+
 _log = log.get(__name__)
+_COUNTING = Recording("stow_store")
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 DICOM_JSON = "application/dicom+json"
@@ -73,6 +78,10 @@ class Outcome:
     stored: StoredInstance | None = None
     status: StoreStatus = StoreStatus.SUCCESS
     reason: str = ""
+
+
+COUNTS: web.AppKey[Stores] = web.AppKey("stow_counts")
+"""Where each part's outcome is counted (``pacsflow_instances_stored_total``); unset: nowhere."""
 
 
 @dataclass
@@ -245,7 +254,15 @@ class _Stores:
         self._pending.append(asyncio.create_task(self._store(number, temp)))
 
     async def finish(self) -> list[Outcome]:
-        return [item if isinstance(item, Outcome) else await item for item in self._pending]
+        """Every part's outcome, once stored or not; each counted (once: called once a request)."""
+        outcomes = [item if isinstance(item, Outcome) else await item for item in self._pending]
+        counts = self._request.app.get(COUNTS)
+        if counts is not None:
+            with _COUNTING:  # the instances are stored: a metric's file failing must not say otherwise
+                for outcome in outcomes:
+                    size = outcome.stored.file_size if outcome.stored is not None else 0
+                    counts.count(self._source.tenant, outcome.status, size)
+        return outcomes
 
     async def _store(self, number: int, temp: Path) -> Outcome:
         try:

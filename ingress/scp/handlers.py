@@ -8,7 +8,9 @@ is after the file and its events are durable; every failure gets its own status 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.association import Association
@@ -22,9 +24,14 @@ from ingress.scp.tenancy import tenant_for
 from pipeline import log
 from pipeline.errors import PacsflowError
 from pipeline.ingest import Announced, InstanceReceiver, Source, new_trace_id
+from pipeline.metrics.guard import Recording
 from pipeline.models import TenantId
 
+if TYPE_CHECKING:  # imported by the server once the metrics folder is set (pipeline.metrics)
+    from pipeline.metrics.instruments import Stores
+
 _log = log.get(__name__)
+_RECORDING = Recording("scp_store")
 
 
 def _called_ae(assoc: Association) -> str:
@@ -41,11 +48,16 @@ class StoreHandler:
         tenants: Mapping[str, TenantId],
         default_tenant: TenantId,
         on_stored: Callable[[], None],
+        counts: Stores | None = None,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
+        """``counts`` and ``observe``: where each instance's outcome and latency go (none: nowhere)."""
         self._receiver = receiver
         self._tenants = tenants
         self._default_tenant = default_tenant
         self._on_stored = on_stored
+        self._counts = counts
+        self._observe = observe
 
     def for_association(self, assoc: Association) -> Store:
         """The ``Store`` of one association: its tenant and peer looked up once, not per instance."""
@@ -62,11 +74,19 @@ class StoreHandler:
                 PYNETDICOM_IMPLEMENTATION_UID,
                 PYNETDICOM_IMPLEMENTATION_VERSION,
             )
-            return self._store(announced, dataset, source)
+            started = time.perf_counter()
+            status, comment, size = self._store(announced, dataset, source)
+            with _RECORDING:  # the instance is stored (or not) whatever the metric's file does
+                if self._counts is not None:
+                    self._counts.count(tenant, status, size)
+                if self._observe is not None:
+                    self._observe(time.perf_counter() - started)
+            return status, comment
 
         return store
 
-    def _store(self, announced: Announced, dataset: bytes, source: Source) -> tuple[int, str | None]:
+    def _store(self, announced: Announced, dataset: bytes, source: Source) -> tuple[int, str | None, int]:
+        """The status, ErrorComment and stored file's size (0: not stored) of one instance."""
         context = {
             "tenant": source.tenant,
             "trace_id": source.trace_id,
@@ -74,7 +94,7 @@ class StoreHandler:
         }
         with bound_contextvars(**context):
             try:
-                self._receiver.receive_announced(announced, dataset, source)
+                stored = self._receiver.receive_announced(announced, dataset, source)
             except PacsflowError as exc:
                 status = status_for(exc)
                 _log.warning(
@@ -84,12 +104,12 @@ class StoreHandler:
                     calling_ae=source.ae_title,
                     address=source.address,
                 )
-                return int(status), error_comment(exc)
+                return int(status), error_comment(exc), 0
             except Exception as exc:  # never report success on a failure we did not foresee
                 _log.exception("instance_failed", calling_ae=source.ae_title)
-                return int(StoreStatus.PROCESSING_FAILURE), error_comment(exc)
+                return int(StoreStatus.PROCESSING_FAILURE), error_comment(exc), 0
         self._on_stored()
-        return int(StoreStatus.SUCCESS), None
+        return int(StoreStatus.SUCCESS), None, stored.file_size
 
 
 def handle_accepted(event: Event) -> None:

@@ -12,6 +12,7 @@ and on the TLS port alike: both are served by the same AE with the same handlers
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import sys
@@ -19,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from aiohttp import web
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
@@ -36,6 +38,7 @@ from ingress.scp.peers import KnownPeers
 from pipeline import lifecycle, listeners, log
 from pipeline.errors import PacsflowError
 from pipeline.ingest import InstanceReceiver
+from pipeline.metrics import exposition, folder, probes
 from pipeline.outbox import Outbox, OutboxPublisher
 from pipeline.settings import Settings
 from pipeline.stores.files import StorageLayout
@@ -169,19 +172,43 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
+def _probes(settings: Settings) -> web.Application:
+    """``/metrics``, ``/ready`` (the storage root writable) and ``/health`` of the SCP."""
+
+    async def storage_writable() -> None:
+        if not os.access(settings.storage_root, os.W_OK | os.X_OK):
+            raise PacsflowError(f"the storage root {settings.storage_root} is not writable")
+
+    async def outbox() -> list[exposition.Family]:
+        return await asyncio.to_thread(exposition.outbox_families, settings, "scp")
+
+    return probes.application("scp", {"storage": storage_writable}, {"outbox": outbox})
+
+
 async def serve(settings: Settings) -> None:
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    folder.prepare(settings, "scp")  # before prometheus_client is imported (pipeline.metrics)
+    from pipeline.metrics import instruments
+
     stop = lifecycle.stop_on_signals()
     # A bad certificate or key ends the start before any port is taken.
     context = tls.server_context(settings) if settings.scp_tls_cert else None
     # Handed down by `pacsflow dev` or `pacsflow scp` with several processes, else bound here,
     # before anything is opened: a port another server holds ends the start at once.
     sockets = listeners.listen_all(settings.env, listeners.scp(settings))
+    probe_socket = sockets.pop(listeners.INHERITED_METRICS_FD, None)
     settings.storage_root.mkdir(parents=True, exist_ok=True)
     outbox = Outbox.open_slot(settings.outbox_dir, "scp")
     publisher = OutboxPublisher(settings, outbox)
     receiver = InstanceReceiver(StorageLayout(settings.storage_root), outbox, settings.node_id)
-    stores = StoreHandler(receiver, settings.scp_tenants, settings.default_tenant, publisher.notify)
+    stores = StoreHandler(
+        receiver,
+        settings.scp_tenants,
+        settings.default_tenant,
+        publisher.notify,
+        instruments.Stores("scp"),
+        instruments.CSTORE_SECONDS.observe,
+    )
     handlers: list[EventHandlerType] = [
         # Bound first: a refused peer is answered before anything is negotiated for it.
         (evt.EVT_REQUESTED, reject_unknown_peers, [KnownPeers.from_settings(settings)]),
@@ -207,6 +234,7 @@ async def serve(settings: Settings) -> None:
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     publishing = asyncio.create_task(publisher.run(), name="outbox-publisher")
     publishing.add_done_callback(lambda _: stop.set())  # it only ends on a bug: exit, be restarted
+    probing = await probes.start(_probes(settings), probe_socket) if probe_socket is not None else None
     _log.info(
         "scp_listening",
         host=settings.scp_host,
@@ -224,6 +252,8 @@ async def serve(settings: Settings) -> None:
     finally:
         for server in servers:
             server.shutdown()
+        if probing is not None:
+            await probing.cleanup()
         await publisher.stop()
         publishing.cancel()
         outbox.close()

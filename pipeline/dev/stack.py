@@ -150,6 +150,30 @@ async def _reconcile_soon(env: Mapping[str, str]) -> None:
     task.add_done_callback(_background.discard)
 
 
+def _metrics_ports(settings: Settings) -> Settings:
+    """Unset, the metrics listeners take free ports rather than the defaults (9101, 9102): several
+    `pacsflow dev` may run on one machine (the tests start them side by side). The banner names them."""
+    env = dict(settings.env)
+    for variable in ("PACSFLOW_SCP_METRICS_PORT", "PACSFLOW_WORKER_METRICS_PORT"):
+        if not env.get(variable):
+            env[variable] = str(free_port())
+    return dataclasses.replace(
+        settings,
+        scp_metrics_port=int(env["PACSFLOW_SCP_METRICS_PORT"]),
+        worker_metrics_port=int(env["PACSFLOW_WORKER_METRICS_PORT"]),
+        env=env,
+    )
+
+
+def _metrics(settings: Settings) -> list[str]:
+    scp, worker = settings.scp_metrics_port, settings.worker_metrics_port
+    return [
+        f"http://127.0.0.1:{settings.http_port}/metrics (web)",
+        *([f"http://127.0.0.1:{scp}/metrics (SCP)"] if scp else []),
+        *([f"http://127.0.0.1:{worker}/metrics (worker)"] if worker else []),
+    ]
+
+
 def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
     base = f"http://127.0.0.1:{settings.http_port}"
     broker_note = " (embedded Tansu, memory only)" if embedded_broker else ""
@@ -178,6 +202,7 @@ def banner(settings: Settings, embedded_broker: bool, embedded_db: bool) -> str:
             f"  DICOMweb                 {base}/dicomweb",
             *([f"  viewer (OHIF)            {base}/"] if settings.viewer != "off" else []),
             f"  health                   {base}/health",
+            f"  metrics                  {', '.join(_metrics(settings))}",
             f"  storage root             {settings.storage_root}",
             f"  Kafka                    {settings.kafka_bootstrap}{broker_note}",
             f"  PostgreSQL               {settings.database_url}{db_note}",
@@ -207,6 +232,7 @@ async def run(settings: Settings) -> None:
     # The ports first, held here for the whole run (restarted children get them again): a second
     # install started on them is refused before anything starts, and none takes them over while a
     # child restarts.
+    settings = _metrics_ports(settings)
     with contextlib.ExitStack() as held:
         dicom = {
             variable: held.enter_context(listeners.bind(endpoint))

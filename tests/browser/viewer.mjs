@@ -3,7 +3,8 @@
 // tests/e2e/test_viewer.py runs it and checks what it reports; it asserts nothing itself.
 //
 //   node tests/browser/viewer.mjs '<json>'   with url, patient, absent, seriesUid, frames, out, chromium
-//                                            and optionally upload: {file, patient}
+//                                            and optionally upload: {file, patient} and
+//                                            ignoreHTTPSErrors (a self-signed certificate)
 //
 // Writes <out>/study-list.png, <out>/study.png (and <out>/upload.png) and prints one JSON report on
 // stdout.
@@ -37,7 +38,10 @@ const report = {
 const step = (name) => report.steps.push(name);
 
 await run({ job, report }, async (browser) => {
-  const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+  const page = await browser.newPage({
+    viewport: { width: 1440, height: 900 },
+    ignoreHTTPSErrors: job.ignoreHTTPSErrors ?? false,
+  });
   let start = Date.now();
   let inFlight = 0;
   let framesDone = null;

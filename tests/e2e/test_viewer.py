@@ -27,6 +27,7 @@ from tests.support.browser import RESULTS, ViewerStudy, require_viewer, run_scri
 from tests.support.dev import Dev, start_dev
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
+from tests.support.nginx import Nginx, require_nginx
 from tests.support.services import free_port, wait_for
 from tests.support.static_site import StaticSite
 
@@ -103,7 +104,13 @@ def _upload_file(study: Study, directory: Path) -> Path:
 
 
 def _browse(
-    url: str, run: str, study: Study, absent: list[Study], upload: tuple[Study, Path] | None = None
+    url: str,
+    run: str,
+    study: Study,
+    absent: list[Study],
+    upload: tuple[Study, Path] | None = None,
+    *,
+    self_signed: bool = False,
 ) -> dict[str, object]:
     job: dict[str, object] = {
         "url": url,
@@ -112,6 +119,8 @@ def _browse(
         "seriesUid": study.series,
         "frames": study.slices,
         "timeoutMs": 120_000,
+        # nginx's own certificate, made by `pacsflow nginx-config`: no browser trusts it.
+        "ignoreHTTPSErrors": self_signed,
     }
     if upload:
         job["upload"] = {"file": str(upload[1]), "patient": upload[0].listed_as}
@@ -218,3 +227,25 @@ def test_a_tenant_has_its_own_viewer_at_its_own_path(dev: tuple[Dev, StaticSite]
     assert isinstance(timeline, list)
     dicomweb = {entry["url"].split("/dicomweb/")[0] for entry in timeline if "/dicomweb/" in entry["url"]}
     assert dicomweb == {f"http://127.0.0.1:{running.http_port}/tenants/alpha"}
+
+
+def test_the_viewer_through_nginx_over_https_with_http2(dev: tuple[Dev, StaticSite], tmp_path: Path) -> None:
+    """As compose serves it: nginx sends OHIF's files itself and passes the rest to pacsflow."""
+    require_nginx()
+    running, _ = dev
+    front = Nginx(tmp_path / "nginx")
+    front.configure([running.http_port], {"PACSFLOW_DATA_DIR": str(running.data_dir)})
+    with front:
+        report = _browse(f"{front.origin}/tenants/alpha/", "nginx", ALPHA, [DEFAULT], self_signed=True)
+    _check(report, "nginx", ALPHA)
+    timeline = report["timeline"]
+    assert isinstance(timeline, list)
+    dicomweb = {entry["url"].split("/dicomweb/")[0] for entry in timeline if "/dicomweb/" in entry["url"]}
+    assert dicomweb == {f"{front.origin}/tenants/alpha"}
+    # Every request came over HTTP/2; the bundles were nginx's (no upstream), DICOMweb pacsflow's.
+    lines = front.requests_log()
+    assert lines and all(' HTTP/2.0" ' in line for line in lines), lines[:5]
+    bundles = [line for line in lines if ".bundle." in line and " 200 " in line]
+    assert bundles and all(line.endswith('ua="-"') for line in bundles), bundles[:5]
+    upstream = f'ua="127.0.0.1:{running.http_port}"'
+    assert all(line.endswith(upstream) for line in lines if "/dicomweb/" in line)

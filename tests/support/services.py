@@ -192,6 +192,9 @@ class Service:
         self.command = command
         self.env = {**clean_environment(), "PACSFLOW_LOG_FORMAT": "json", **env}
         self.env.pop("NOTIFY_SOCKET", None)
+        # Tests run several SCPs and workers side by side: each its own metrics port, not 9101/9102.
+        for variable in ("PACSFLOW_SCP_METRICS_PORT", "PACSFLOW_WORKER_METRICS_PORT"):
+            self.env.setdefault(variable, str(free_port()))
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 

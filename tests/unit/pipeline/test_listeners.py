@@ -62,13 +62,24 @@ def test_each_socket_is_handed_down_in_its_own_variable() -> None:
 
 
 def scp_settings(**env: str) -> Settings:
-    return load({"PACSFLOW_SCP_PORT": "11112", "PACSFLOW_SCP_TLS_PORT": "2762", **env})
+    return load(
+        {
+            "PACSFLOW_SCP_PORT": "11112",
+            "PACSFLOW_SCP_TLS_PORT": "2762",
+            "PACSFLOW_SCP_METRICS_PORT": "0",
+            **env,
+        }
+    )
 
 
 @pytest.mark.parametrize(
     ("env", "ports"),
     [
         ({}, {listeners.INHERITED_FD: 11112}),
+        (
+            {"PACSFLOW_SCP_METRICS_PORT": "9101"},
+            {listeners.INHERITED_FD: 11112, listeners.INHERITED_METRICS_FD: 9101},
+        ),
         (
             {"PACSFLOW_SCP_TLS_CERT": "c.pem", "PACSFLOW_SCP_TLS_KEY": "k.pem"},
             {listeners.INHERITED_FD: 11112, listeners.INHERITED_TLS_FD: 2762},
@@ -79,7 +90,7 @@ def scp_settings(**env: str) -> Settings:
         ),
     ],
 )
-def test_the_scp_listens_plain_unless_off_and_with_tls_when_a_certificate_is_set(
+def test_the_scp_listens_plain_unless_off_with_tls_when_a_certificate_is_set_and_metrics_unless_0(
     env: dict[str, str], ports: dict[str, int]
 ) -> None:
     endpoints = listeners.scp(scp_settings(**env))
