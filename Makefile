@@ -76,11 +76,12 @@ lint: install ## ruff, mypy (strict) and the import-linter contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install ## pacsflow and Orthanc side by side on the same data (ingest, QIDO, metadata, frames, retrieve, memory); what auth costs reads; cost as the archive grows to 1M studies
+bench: install ## pacsflow and Orthanc side by side on the same data (ingest, QIDO, metadata, frames, retrieve, memory); what auth costs reads; cost as the archive grows to 1M studies; pacsflow import beside C-STORE
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) wrk orthanc orthanc-dicomweb"
 	$(BIN)/python -m tests.bench.versus
 	$(BIN)/python -m tests.bench.auth
 	$(BIN)/python -m tests.bench.growth
+	$(BIN)/python -m tests.bench.importing
 
 bench-capacity: install ## one SCP process, one index worker, PostgreSQL rows/bytes and Kafka records per instance, the disk's fsync rate (docs/scaling.md)
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) strace"

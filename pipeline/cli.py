@@ -67,7 +67,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     viewer.add_argument("--router-basename", default="/", help="the path OHIF is served under (default: /)")
     _nginx_parser(commands)
+    _import_parser(commands)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _import_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imports = commands.add_parser(
+        "import",
+        help="store the DICOM files of folders, zip files and DICOMDIRs as a C-STORE would; "
+        "run again to go on after a stop",
+    )
+    imports.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="a folder (recursively), a .zip file or a DICOMDIR",
+    )
+    imports.add_argument("--tenant", help="the tenant to store into (default: PACSFLOW_DEFAULT_TENANT)")
+    imports.add_argument("--jobs", type=_positive, default=4, help="files stored at a time (default: 4)")
+    imports.add_argument(
+        "--failures",
+        type=Path,
+        default=Path("pacsflow-import-failures.tsv"),
+        help="where each failure is listed, path and reason (default: ./pacsflow-import-failures.tsv)",
+    )
+    imports.add_argument(
+        "--log-every",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="when stdout is no terminal: a progress line this often (default: 5)",
+    )
 
 
 def _nginx_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -214,6 +252,18 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
         from analytics.reports import print_report
 
         print_report(settings, args.name, args.format)
+    elif command == "import":
+        from ingress.importer.run import Options, run_import
+        from pipeline.models import TenantId
+
+        options = Options(
+            paths=args.paths,
+            tenant=TenantId(args.tenant) if args.tenant else settings.default_tenant,
+            jobs=args.jobs,
+            failures=args.failures,
+            log_every=args.log_every,
+        )
+        raise SystemExit(run_import(settings, options))
     elif command == "settings":
         for name, setting in settings_module.SETTINGS:
             print(f"{setting.env}={getattr(settings, name)}")

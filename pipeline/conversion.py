@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -65,6 +66,22 @@ def decodable(syntax: str) -> bool:
         return bool(get_decoder(UID(syntax)).is_available)
     except (NotImplementedError, ValueError):
         return False
+
+
+def can_transcode(stored: str, target: str) -> bool:
+    """Whether an instance stored in ``stored`` can be sent in ``target`` here: the same syntax, or a
+    native or lossless compressed one its pixel data can be decoded for (and encoded in)."""
+    if target == stored:
+        return True
+    if target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        return decodable(stored)
+    if target in COMPRESSED_TARGETS:
+        try:
+            available = bool(get_encoder(UID(target)).is_available)
+        except (NotImplementedError, ValueError):
+            return False
+        return available and decodable(stored)
+    return False
 
 
 def reencode(source: Path | BinaryIO, target: str) -> bytes:

@@ -58,6 +58,8 @@ class Settings:
     """Storage SOP classes accepted beyond the standard ones (e.g. a vendor's private class)."""
     scp_peers: tuple[ScpPeer, ...]
     """Known calling AE titles (and networks) per tenant; empty: any peer may associate."""
+    scp_move_destinations: tuple[MoveDestination, ...]
+    """Where C-MOVE sends: destination AE title (for one tenant, or all) -> host and port."""
     scp_plain: bool
     """Whether the plain (unencrypted) DICOM port listens; off needs TLS."""
     scp_tls_port: int
@@ -418,6 +420,45 @@ def _peers(raw: str) -> tuple[ScpPeer, ...]:
     return tuple(peers)
 
 
+@dataclass(frozen=True)
+class MoveDestination:
+    """A C-MOVE destination: the AE title a requestor names, and where pacsflow reaches it."""
+
+    ae_title: str
+    tenant: TenantId | None
+    """The one tenant whose associations may move to it; None: every tenant's."""
+    host: str
+    port: int
+
+
+_MOVE_EXAMPLE = "e.g. WS1=10.0.0.5:104,VIEWER@hospital_a=viewer.local:11112"
+
+
+def _move_destinations(raw: str) -> tuple[MoveDestination, ...]:
+    destinations: dict[tuple[str, TenantId | None], MoveDestination] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        # From the right: a host:port never holds '=', so an AE title may. The last '@' always
+        # starts the tenant: an AE title holding '@' must be followed by '@tenant'.
+        left, sep, address = item.rpartition("=")
+        if not sep or not left.strip():
+            raise ValueError(f"{item!r} is not DEST_AE[@tenant]=host:port ({_MOVE_EXAMPLE})")
+        ae, at, tenant = left.rpartition("@") if "@" in left else (left, "", "")
+        address = address.strip()
+        if not _HOST_PORT.match(address):
+            raise ValueError(f"{address!r} in {item!r} is not host:port ({_MOVE_EXAMPLE})")
+        host, _, port = address.rpartition(":")
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {port} in {item!r} is not between 1 and 65535")
+        destination = MoveDestination(
+            _ae_title(ae), _tenant(tenant.strip()) if at else None, host.strip("[]"), int(port)
+        )
+        key = (destination.ae_title, destination.tenant)
+        if key in destinations:
+            raise ValueError(f"{item!r}: {left.strip()} is listed twice")
+        destinations[key] = destination
+    return tuple(destinations.values())
+
+
 def _path_or_empty(raw: str) -> str:
     value = raw.strip()
     return str(Path(value).expanduser().absolute()) if value else ""
@@ -588,6 +629,18 @@ SETTINGS: tuple[tuple[str, Setting], ...] = (
             "when set, only they may associate (C-ECHO too), each for its tenant, and only to an AE title "
             "pacsflow answers to; empty: any peer",
             _peers,
+        ),
+    ),
+    (
+        "scp_move_destinations",
+        Setting(
+            "PACSFLOW_SCP_MOVE_DESTINATIONS",
+            "",
+            "C-MOVE destinations, `DEST_AE[@tenant]=host:port,...` "
+            "(e.g. `WS1=10.0.0.5:104,VIEWER@hospital_a=viewer.local:11112`): an entry without `@tenant` "
+            "is open to every tenant, one with it only to that tenant's associations; any other "
+            "destination is refused (0xA801)",
+            _move_destinations,
         ),
     ),
     (

@@ -2,8 +2,8 @@
 
 Which right a request needs follows from its method: reads (GET, HEAD) need read, STOW-RS (POST)
 write, DELETE delete. The reports of every tenant (``/analytics/reports``) need admin; one tenant's,
-read on that tenant. CORS preflights, ``/health``, the viewer's and the analytics page's own files
-need nothing: they hold no patient data.
+read on that tenant. CORS preflights and the capabilities (any OPTIONS: ``egress.wado.capabilities``),
+``/health``, the viewer's and the analytics page's own files need nothing: they hold no patient data.
 """
 
 from __future__ import annotations

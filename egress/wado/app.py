@@ -19,7 +19,7 @@ from egress.auth.guard import JUDGE, expect_token, guard
 from egress.auth.keys import IssuerKeys, KeysUnavailable
 from egress.auth.tokens import TokenJudge
 from egress.viewer import site as viewer
-from egress.wado import analytics, delete, metadata, qido, retrieve, stow
+from egress.wado import analytics, capabilities, changefeed, delete, metadata, qido, retrieve, stow
 from egress.wado.access_log import (
     ACCESS_LOG,
     STARTED,
@@ -82,8 +82,11 @@ def create_app(settings: Settings) -> web.Application:
     # STOW-RS streams its body with the multipart reader: client_max_size (1 MiB) does not apply.
     stow.add_routes(app, PREFIXES, expect_token(settings) if settings.auth == "jwt" else None)
     delete.add_routes(app, PREFIXES)
+    changefeed.add_routes(app, PREFIXES)  # and its LISTEN connection (a cleanup context)
     analytics.add_routes(app)
     viewer.add_routes(app, settings)
+    # Last: OPTIONS on every path under a root, and its 404/405 for a path no route above serves.
+    capabilities.add_routes(app, PREFIXES)
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from pipeline import log
 from pipeline.errors import OutboxError, PacsflowError, StorageFull, StorageUnavailable
@@ -56,7 +56,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem(exc.status, exc.text or exc.reason)
+        answer = problem(exc.status, exc.text or exc.reason)
+        for name in (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER):  # what a 405, 401, 503 must say
+            if name in exc.headers:
+                answer.headers[name] = exc.headers[name]
+        return answer
     except TRANSIENT_ERRORS as exc:
         _log.warning("index_unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
         return problem(503, "the index database is not reachable; try again shortly")

@@ -30,7 +30,7 @@ from pipeline.stores.search import BY_KEYWORD, BY_TAG, Condition, Hit, InvalidQu
 
 DICOM_JSON = "application/dicom+json"
 DEFAULT_LIMIT = 100
-_CONTROL = ("includefield", "limit", "offset", "fuzzymatching")
+CONTROL = ("includefield", "limit", "offset", "fuzzymatching")
 # Keys whose repeats (``Modality=CT&Modality=MR``) make one list.
 _LISTS = (search.Match.UID, search.Match.CODE, search.Match.MODALITIES)
 _ACCEPTED = ("application/dicom+json", "application/json", "application/*", "*/*")
@@ -143,7 +143,7 @@ def _fuzzy(query: MultiMapping[str]) -> bool:
 def _conditions(query: MultiMapping[str]) -> list[Condition]:
     conditions: list[Condition] = []
     for key in dict.fromkeys(query.keys()):
-        if key in _CONTROL:
+        if key in CONTROL:
             continue
         tag = _tag_of(key)
         attribute = BY_TAG.get(tag) if tag else BY_KEYWORD.get(key)
@@ -151,7 +151,7 @@ def _conditions(query: MultiMapping[str]) -> list[Condition]:
             if tag is None:
                 raise BadRequest(
                     f"unknown query key {key!r}: not a DICOM keyword, a tag (ggggeeee) or one of "
-                    f"{', '.join(_CONTROL)}"
+                    f"{', '.join(CONTROL)}"
                 )
             name = keyword_for_tag(int(tag, 16)) or tag
             raise BadRequest(

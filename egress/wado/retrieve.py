@@ -33,7 +33,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from egress.wado import accept, frame_offsets, rendering, sending, transcode
+from egress.wado import accept, frame_offsets, rendering, sending, transcode, zipped
 from egress.wado.accept import ANY_SYNTAX, IMAGE_MEDIA_TYPES, NATIVE, MediaRange, syntax_name
 from egress.wado.errors import BadRequest, NotAcceptable, NotFound
 from egress.wado.keys import POOL, SETTINGS
@@ -193,10 +193,13 @@ class _Sent:
 
 
 async def retrieve(request: web.Request) -> web.StreamResponse:
-    """A study, a series or an instance, as ``multipart/related; type="application/dicom"``."""
+    """A study, a series or an instance, as ``multipart/related; type="application/dicom"``; or,
+    when Accept prefers it, as a zip of the files as stored (``zipped``)."""
     found = await _instances(request)
     ranges = accept.parse(request.headers.get("Accept"))
     accepted = request.headers.get("Accept")
+    if zipped.wanted(ranges):
+        return await _zip(request, found)
     plan = _plan(ranges, found, accepted)
     stored = _stored_files(request)
     try:
@@ -221,6 +224,15 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
             for sent, file in zip(plan, opened, strict=True)
         )
         return await Multipart(DICOM).send(request, parts)
+    finally:
+        for file in opened:
+            file.close()
+
+
+async def _zip(request: web.Request, found: list[StoredInstance]) -> web.StreamResponse:
+    opened = await asyncio.to_thread(_stored_files(request).open_all, found)
+    try:
+        return await zipped.send(request, found, opened)
     finally:
         for file in opened:
             file.close()

@@ -53,6 +53,8 @@ _COUNTING = Recording("stow_store")
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 DICOM_JSON = "application/dicom+json"
+PART_TYPE = "application/dicom"
+"""What each part of a request is (a DICOM Part 10 file), in ``multipart/related``."""
 AE_TITLE = "STOW-RS"
 """The ``SourceAE`` of instances stored over STOW-RS (events, Doris rows)."""
 INCOMING = ".stow"
@@ -110,8 +112,8 @@ def _request_too_large(limit: int) -> str:
 
 def _check_media_types(request: web.Request) -> None:
     mimetype = parse_mimetype(request.headers.get(hdrs.CONTENT_TYPE, ""))
-    kind = mimetype.parameters.get("type", "application/dicom").lower()
-    if (mimetype.type, mimetype.subtype) != ("multipart", "related") or kind != "application/dicom":
+    kind = mimetype.parameters.get("type", PART_TYPE).lower()
+    if (mimetype.type, mimetype.subtype) != ("multipart", "related") or kind != PART_TYPE:
         given = request.headers.get(hdrs.CONTENT_TYPE) or "none"
         raise web.HTTPUnsupportedMediaType(
             text=f"Content-Type {given} is not supported: STOW-RS here takes multipart/related; "

@@ -10,27 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pipeline.conversion import COMPRESSED_TARGETS, decodable
+# Which targets can be offered is decided where every conversion is (the SCP's C-GET and C-MOVE
+# decide the same way): re-exported for the web server's callers.
+from pipeline.conversion import can_transcode
 
-_NATIVE_TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-
-def can_transcode(stored: str, target: str) -> bool:
-    if target == stored:
-        return True
-    if target in _NATIVE_TARGETS:
-        return decodable(stored)
-    if target in COMPRESSED_TARGETS:
-        try:
-            available = bool(get_encoder(UID(target)).is_available)
-        except (NotImplementedError, ValueError):
-            return False
-        return available and decodable(stored)
-    return False
+__all__ = ["can_transcode", "decode_frame"]
 
 
 def decode_frame(path: Path, number: int) -> bytes:

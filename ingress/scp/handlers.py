@@ -12,15 +12,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from structlog.contextvars import bound_contextvars
 
-from ingress.scp.commands import Command
+from ingress.scp.commands import C_STORE_RQ, Command
 from ingress.scp.data_phase import Store
 from ingress.scp.status import StoreStatus, error_comment, status_for
-from ingress.scp.tenancy import tenant_for
+from ingress.scp.tenancy import called_ae, tenant_for
 from pipeline import log
 from pipeline.errors import PacsflowError
 from pipeline.ingest import Announced, InstanceReceiver, Source, new_trace_id
@@ -32,11 +34,6 @@ if TYPE_CHECKING:  # imported by the server once the metrics folder is set (pipe
 
 _log = log.get(__name__)
 _RECORDING = Recording("scp_store")
-
-
-def _called_ae(assoc: Association) -> str:
-    request = assoc.requestor.primitive  # the A-ASSOCIATE-RQ, set before any handler runs
-    return str(request.called_ae_title).strip() if request is not None else ""
 
 
 class StoreHandler:
@@ -59,10 +56,36 @@ class StoreHandler:
         self._counts = counts
         self._observe = observe
 
+    def tenant_of(self, assoc: Association) -> TenantId:
+        """The tenant of an association: its called AE title's (C-FIND, C-GET and C-MOVE too)."""
+        return tenant_for(called_ae(assoc), self._tenants, self._default_tenant)
+
+    def handle_store(self, event: Event) -> Dataset:
+        """EVT_C_STORE, on associations pynetdicom's data phase serves (those that accepted a
+        Query/Retrieve context, ``handover``): the same ``Store`` as ``data_phase``'s."""
+        request = event.request
+        assert isinstance(request, C_STORE)  # bound to EVT_C_STORE only
+        command = Command(
+            C_STORE_RQ,
+            int(request.MessageID or 0),
+            True,
+            str(request.AffectedSOPClassUID or ""),
+            str(request.AffectedSOPInstanceUID or ""),
+        )
+        dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
+        status, comment = self.for_association(event.assoc)(
+            command, str(event.context.transfer_syntax), dataset
+        )
+        answer = Dataset()
+        answer.Status = status
+        if comment:
+            answer.ErrorComment = comment
+        return answer
+
     def for_association(self, assoc: Association) -> Store:
         """The ``Store`` of one association: its tenant and peer looked up once, not per instance."""
         requestor = assoc.requestor
-        tenant = tenant_for(_called_ae(assoc), self._tenants, self._default_tenant)
+        tenant = self.tenant_of(assoc)
         ae_title, address = str(requestor.ae_title).strip(), str(requestor.address)
 
         def store(command: Command, transfer_syntax: str, dataset: bytes) -> tuple[int, str | None]:
@@ -117,7 +140,7 @@ def handle_accepted(event: Event) -> None:
     _log.info(
         "association_accepted",
         calling_ae=str(requestor.ae_title).strip(),
-        called_ae=_called_ae(event.assoc),
+        called_ae=called_ae(event.assoc),
         address=requestor.address,
         max_pdu=requestor.maximum_length,
     )

@@ -5,6 +5,10 @@ Each association runs on its own thread: pynetdicom negotiates it, ``data_phase`
 (``InstanceReceiver``); the loop's only job is the outbox publisher, woken after stores.
 
 Transfer syntax negotiation is ``negotiation.accept_first_proposed``: the modality's order wins.
+
+Query/Retrieve (C-FIND, C-GET, C-MOVE; ``query``, ``retrieval``) reads the PostgreSQL index through
+one pool, opened here with no connection made until a query needs one (storing never does), and
+used from the association threads on this loop (``index``).
 Known peers (``peers``) are checked at the association request (``admission``), on the plain port
 and on the TLS port alike: both are served by the same AE with the same handlers.
 """
@@ -12,6 +16,7 @@ and on the TLS port alike: both are served by the same AE with the same handlers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -20,6 +25,7 @@ import threading
 import time
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
@@ -31,10 +37,14 @@ from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
 from ingress.scp import tls
 from ingress.scp.admission import reject_unknown_peers
+from ingress.scp.destinations import MoveDestinations
 from ingress.scp.handlers import StoreHandler, handle_accepted, handle_closed
 from ingress.scp.handover import HandOverRequestHandler, StoreFor
+from ingress.scp.index import IndexReader
 from ingress.scp.negotiation import accept_first_proposed
 from ingress.scp.peers import KnownPeers
+from ingress.scp.query import MODELS, FindHandler
+from ingress.scp.retrieval import Retriever
 from pipeline import lifecycle, listeners, log
 from pipeline.errors import PacsflowError
 from pipeline.ingest import InstanceReceiver
@@ -48,6 +58,10 @@ _log = log.get(__name__)
 # pynetdicom's "standard" handlers describe every PDU and DIMSE message for its INFO and DEBUG log,
 # which pacsflow keeps quiet (pipeline.log): their work would be thrown away on every association.
 _config.LOG_HANDLER_LEVEL = "none"
+_config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
+# C-GET and C-MOVE send a stored file as it is: pynetdicom reads the dataset after the file meta
+# in chunks rather than decoding and encoding it again (``retrieval``).
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 # An association's thread back from an fsync waits for the interpreter lock while another thread
 # holds it (the publisher, another association): at most this long, not Python's 5 ms.
@@ -91,9 +105,11 @@ class ListenerServer(ThreadedAssociationServer):
         *,
         listener: socket.socket,
         store_for: StoreFor,
+        retriever: Retriever,
     ) -> None:
         self._listener = listener
         self.store_for = store_for
+        self.retriever = retriever
         super().__init__(
             ae, address, ae_title, contexts, ssl_context, evt_handlers, request_handler=HandOverRequestHandler
         )
@@ -155,20 +171,30 @@ class ListenerServer(ThreadedAssociationServer):
 
 
 def build_ae(settings: Settings) -> AE:
-    """An AE accepting every storage SOP class (plus configured extras) in every transfer syntax."""
+    """An AE accepting every storage SOP class (plus configured extras) in every transfer syntax,
+    Verification, and the Patient and Study Root Query/Retrieve FIND, GET and MOVE classes.
+
+    The storage classes take either role (SCP/SCU role selection, PS3.7 D.3.3.4): a C-GET
+    requestor proposes to be their SCP, to receive the instances pacsflow sends back on its
+    association; a modality that proposes nothing keeps the default, pacsflow as their SCP."""
     ae = AE(ae_title=settings.scp_ae_title)
     ae.maximum_associations = settings.scp_max_associations
     ae.maximum_pdu_size = settings.scp_max_pdu
     ae.acse_timeout = settings.scp_acse_timeout_s
+    # The TCP connect of a C-MOVE's association to its destination: one that drops packets fails
+    # within the ACSE timeout, not the system's (about 2 minutes).
+    ae.connection_timeout = settings.scp_acse_timeout_s
     ae.dimse_timeout = settings.scp_dimse_timeout_s
     ae.network_timeout = settings.scp_network_timeout_s
     syntaxes = [str(uid) for uid in AllTransferSyntaxes]
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, syntaxes)
+        ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
     for uid in settings.scp_extra_sop_classes:
-        ae.add_supported_context(uid, syntaxes)
+        ae.add_supported_context(uid, syntaxes, scu_role=True, scp_role=True)
     ae.add_supported_context(Verification)
+    for model in MODELS:
+        ae.add_supported_context(model)
     return ae
 
 
@@ -209,6 +235,13 @@ async def serve(settings: Settings) -> None:
         instruments.Stores("scp"),
         instruments.CSTORE_SECONDS.observe,
     )
+    # No connection is made here: the first query makes one, and fails on its own while the
+    # database is away; storing never needs it.
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4, timeout=10)
+    index = IndexReader(pool, asyncio.get_running_loop(), settings.scp_dimse_timeout_s or 60)
+    retriever = Retriever(
+        index, settings.storage_root, stores.tenant_of, MoveDestinations(settings.scp_move_destinations)
+    )
     handlers: list[EventHandlerType] = [
         # Bound first: a refused peer is answered before anything is negotiated for it.
         (evt.EVT_REQUESTED, reject_unknown_peers, [KnownPeers.from_settings(settings)]),
@@ -216,6 +249,10 @@ async def serve(settings: Settings) -> None:
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_RELEASED, handle_closed),
         (evt.EVT_ABORTED, handle_closed),
+        # Only on associations that accepted a Query/Retrieve context (``handover``).
+        # Read a page at a time, as large as a QIDO-RS answer may be.
+        (evt.EVT_C_FIND, FindHandler(index, stores.tenant_of, settings.qido_max_limit)),
+        (evt.EVT_C_STORE, stores.handle_store),
     ]
     ae = build_ae(settings)
     servers = [
@@ -226,6 +263,7 @@ async def serve(settings: Settings) -> None:
             server_class=ListenerServer,
             listener=sock,
             store_for=stores.for_association,
+            retriever=retriever,
         )
         for variable, sock in sockets.items()
     ]
@@ -257,6 +295,9 @@ async def serve(settings: Settings) -> None:
         await publisher.stop()
         publishing.cancel()
         outbox.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.close(), 5)  # a query still running is cut off
+        pool.terminate()
         _log.info("scp_stopped", published=publisher.published)
     if publishing.done() and not publishing.cancelled() and publishing.exception():
         raise PacsflowError("the outbox publisher failed") from publishing.exception()

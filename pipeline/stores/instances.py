@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -70,3 +71,29 @@ async def find(
         sop,
     )
     return [StoredInstance(**dict(row)) for row in rows]
+
+
+async def find_each(
+    pool: asyncpg.Pool, tenant: str, uids: Sequence[tuple[str, str, str]]
+) -> list[StoredInstance]:
+    """The instances named by (study, series, SOP instance) UIDs, in that order; those the index no
+    longer holds are left out."""
+    if not uids:
+        return []
+    studies, series, sops = (list(column) for column in zip(*uids, strict=True))
+    rows = await pool.fetch(
+        f"""
+        SELECT {_COLUMNS}, u.position
+        FROM unnest($2::text[], $3::text[], $4::text[])
+             WITH ORDINALITY AS u(study_uid, series_uid, sop_uid, position)
+        JOIN dicom_instance_meta i
+          ON i.tenant_id = $1 AND i.study_uid = u.study_uid AND i.series_uid = u.series_uid
+         AND i.sop_uid = u.sop_uid
+        ORDER BY u.position
+        """,  # noqa: S608  # our own column names
+        tenant,
+        studies,
+        series,
+        sops,
+    )
+    return [StoredInstance(**{k: v for k, v in row.items() if k != "position"}) for row in rows]

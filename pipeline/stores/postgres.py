@@ -16,6 +16,7 @@ from importlib import resources
 import asyncpg
 
 from pipeline.indexing import IndexedInstance, SeriesRow
+from pipeline.stores import changefeed
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _MIGRATION_LOCK = 0x70616373  # any constant: serialises concurrent `pacsflow migrate` runs
@@ -125,13 +126,15 @@ class SeriesCount:
 
 
 async def upsert_index(conn: asyncpg.Connection, batch: Sequence[IndexedInstance]) -> list[SeriesCount]:
-    """Write a batch of instances and their series in one transaction; return each touched series
-    with its instance count as the rows now say."""
+    """Write a batch of instances and their series, and their change feed entries, in one
+    transaction; return each touched series with its instance count as the rows now say."""
     latest: dict[tuple[str, str, str], SeriesRow] = {}
     for item in batch:  # the last instance of a series in the batch speaks for it
         series = item.series
         latest[(series.tenant_id, series.study_uid, series.series_uid)] = series
+    instances = [(i.tenant_id, i.study_uid, i.series_uid, i.sop_uid) for i in (b.instance for b in batch)]
     async with conn.transaction():
+        existed = await changefeed.existing(conn, instances)
         await conn.executemany(
             _UPSERT_INSTANCE,
             [tuple(getattr(item.instance, c) for c in _INSTANCE_COLUMNS) for item in batch],
@@ -153,6 +156,7 @@ async def upsert_index(conn: asyncpg.Connection, batch: Sequence[IndexedInstance
         )
         keys = list(zip(*latest, strict=True))
         rows = await conn.fetch(_COUNT_SERIES, list(keys[0]), list(keys[1]), list(keys[2]))
+        await changefeed.record_stores(conn, instances, existed)  # last: it locks until commit
     return [
         SeriesCount(
             latest[(r["tenant_id"], r["study_uid"], r["series_uid"])],
@@ -239,7 +243,8 @@ async def delete_rows(
     conn: asyncpg.Connection, tenant: str, study: str, gone: Sequence[DoomedInstance], cutoff: datetime
 ) -> Deleted:
     """Remove the rows of ``gone`` in one transaction, recount their series, drop emptied series
-    (with their metadata state), and mark what the study's metadata must be rebuilt for."""
+    (with their metadata state), mark what the study's metadata must be rebuilt for, and add a
+    change feed entry per row removed (a redelivered deletion removes none, adds none)."""
     series = sorted({g.series_uid for g in gone})
     async with conn.transaction():
         states = {
@@ -252,12 +257,13 @@ async def delete_rows(
                 series,
             )
         }
-        await conn.execute(
+        removed = await conn.fetch(
             """
             DELETE FROM dicom_instance_meta i
             USING unnest($3::text[], $4::text[]) AS k(series_uid, sop_uid)
             WHERE i.tenant_id = $1 AND i.study_uid = $2
               AND i.series_uid = k.series_uid AND i.sop_uid = k.sop_uid AND i.indexed_time <= $5
+            RETURNING i.series_uid, i.sop_uid
             """,
             tenant,
             study,
@@ -320,6 +326,9 @@ async def delete_rows(
         )
         left = await conn.fetchval(
             "SELECT count(*) FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2", tenant, study
+        )
+        await changefeed.record_deletes(  # last: it locks until commit
+            conn, sorted((tenant, study, r["series_uid"], r["sop_uid"]) for r in removed)
         )
     return Deleted(
         remaining=[

@@ -29,6 +29,8 @@ class InvalidQuery(PacsflowError):
 
 
 class Level(enum.IntEnum):
+    PATIENT = 0
+    """C-FIND's patient level (QIDO-RS has none): a patient is every series of one PatientID."""
     STUDY = 1
     SERIES = 2
     INSTANCE = 3
@@ -64,10 +66,13 @@ _CATALOGUE = (
     Attribute("StudyTime", "00080030", Level.STUDY, Match.TIME, "s.study_time"),
     Attribute("AccessionNumber", "00080050", Level.STUDY, Match.TEXT, "s.accession_number"),
     Attribute("ReferringPhysicianName", "00080090", Level.STUDY, Match.NAME, "s.referring_physician_name"),
-    Attribute("PatientName", "00100010", Level.STUDY, Match.NAME, "s.patient_name"),
-    Attribute("PatientID", "00100020", Level.STUDY, Match.TEXT, "s.patient_id"),
-    Attribute("PatientBirthDate", "00100030", Level.STUDY, Match.DATE, "s.patient_birth_date"),
-    Attribute("PatientSex", "00100040", Level.STUDY, Match.CODE, "s.patient_sex"),
+    Attribute("PatientName", "00100010", Level.PATIENT, Match.NAME, "s.patient_name"),
+    Attribute("PatientID", "00100020", Level.PATIENT, Match.TEXT, "s.patient_id"),
+    Attribute("PatientBirthDate", "00100030", Level.PATIENT, Match.DATE, "s.patient_birth_date"),
+    Attribute("PatientSex", "00100040", Level.PATIENT, Match.CODE, "s.patient_sex"),
+    Attribute("NumberOfPatientRelatedStudies", "00201200", Level.PATIENT, None),
+    Attribute("NumberOfPatientRelatedSeries", "00201202", Level.PATIENT, None),
+    Attribute("NumberOfPatientRelatedInstances", "00201204", Level.PATIENT, None),
     Attribute("StudyID", "00200010", Level.STUDY, Match.TEXT, "s.study_id"),
     Attribute("StudyDescription", "00081030", Level.STUDY, Match.TEXT, "s.study_description"),
     Attribute("ModalitiesInStudy", "00080061", Level.STUDY, Match.MODALITIES, "s.modality"),
@@ -122,6 +127,8 @@ class Hit:
     series_count: int | None = None
     instance_count: int | None = None
     modalities: tuple[str, ...] = ()
+    study_count: int | None = None
+    """Patient level: the patient's studies (``study_uid`` is its newest, whose fragment is returned)."""
 
 
 @dataclass
@@ -160,7 +167,8 @@ def _like(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _has_wildcard(value: str) -> bool:
+def has_wildcard(value: str) -> bool:
+    """Whether ``value`` holds a DICOM wildcard (``*`` or ``?``, PS3.4 C.2.2.2.4)."""
     return "*" in value or "?" in value
 
 
@@ -221,19 +229,19 @@ def _condition(where: _Where, attribute: Attribute, column: str, value: str, fuz
         raise ValueError(f"{control.group()!r} is a control character, which no value holds")
     if match is Match.MODALITIES:
         codes = _split(value)
-        if any(_has_wildcard(c) for c in codes):
+        if any(has_wildcard(c) for c in codes):
             raise ValueError("wildcards are not supported here, list the modalities")
         where.having.append(f"bool_or({column} = ANY({where.param(codes)}::text[]))")
     elif match is Match.CODE:
         codes = _split(value)
         if len(codes) > 1:
             where.add(column, f"{column} = ANY({where.param(codes)}::text[])")
-        elif _has_wildcard(value):
+        elif has_wildcard(value):
             where.add(column, f"{column} LIKE {where.param(_like(value))}")
         else:
             where.add(column, f"{column} = {where.param(value)}")
     elif match is Match.TEXT:
-        if _has_wildcard(value):
+        if has_wildcard(value):
             where.add(column, f"{column} LIKE {where.param(_like(value))}")
         else:
             where.add(column, f"{column} = {where.param(value)}")
@@ -375,6 +383,37 @@ def _studies_grouped(search: Search, where: _Where) -> str:
         """
 
 
+def _patients(search: Search, where: _Where) -> str:
+    """Patients by PatientID, each with its counts over all its series (not only those matching),
+    represented by its newest study's fragment. Studies without a PatientID (stored as '') belong
+    to no patient: they are not merged into one that does not exist."""
+    if search.study is not None or search.series is not None:
+        raise InvalidQuery("a patient-level search cannot be scoped by a study or a series")
+    # Only patient-level keys reach here (``_where``): no study-level HAVING.
+    state = " AND ".join(["s.tenant_id = $1", *where.state])
+    limit, offset = where.param(search.limit + 1), where.param(search.offset)
+    return f"""
+        WITH hits AS (
+            SELECT DISTINCT s.patient_id FROM dicom_state_meta s WHERE {state} AND s.patient_id <> ''
+        ), page AS (
+            SELECT s.patient_id, count(DISTINCT s.study_uid)::int AS study_count,
+                   count(*)::int AS series_count, sum(s.series_related_instances)::int AS instance_count,
+                   (array_agg(s.study_uid ORDER BY {_ROW_ORDER}))[1] AS study_uid
+            FROM dicom_state_meta s JOIN hits USING (patient_id)
+            WHERE s.tenant_id = $1
+            GROUP BY s.patient_id
+            ORDER BY s.patient_id
+            LIMIT {limit} OFFSET {offset}
+        )
+        SELECT page.*, (
+            SELECT i.json_fragment FROM dicom_instance_meta i
+            WHERE i.tenant_id = $1 AND i.study_uid = page.study_uid
+            ORDER BY i.series_uid, i.sop_uid LIMIT 1
+        ) AS fragment
+        FROM page ORDER BY page.patient_id
+        """
+
+
 def _series(search: Search, where: _Where) -> str:
     conditions = ["s.tenant_id = $1", *where.state]
     if where.having:  # ModalitiesInStudy: the series of studies holding one of them
@@ -396,7 +435,7 @@ def _series(search: Search, where: _Where) -> str:
         """
 
 
-def _instances(search: Search, where: _Where) -> str:
+def _instances(search: Search, where: _Where, uids_only: bool = False) -> str:
     conditions = ["i.tenant_id = $1", *where.instance]
     join = ""
     if where.state or where.having:
@@ -412,7 +451,7 @@ def _instances(search: Search, where: _Where) -> str:
         )
     limit, offset = where.param(search.limit + 1), where.param(search.offset)
     return f"""
-        SELECT i.study_uid, i.series_uid, i.sop_uid, i.json_fragment AS fragment
+        SELECT i.study_uid, i.series_uid, i.sop_uid{"" if uids_only else ", i.json_fragment AS fragment"}
         FROM dicom_instance_meta i {join}
         WHERE {" AND ".join(conditions)}
         ORDER BY i.study_uid, i.series_uid, i.instance_number NULLS LAST, i.sop_uid
@@ -420,13 +459,19 @@ def _instances(search: Search, where: _Where) -> str:
         """
 
 
-def statement(query: Search, window: int | None = 1) -> tuple[str, list[object]]:
+def statement(query: Search, window: int | None = 1, *, uids_only: bool = False) -> tuple[str, list[object]]:
     """The SQL of one page of ``query`` (one row more than the limit: whether more follow) and its
     parameters. Pure: raises ``InvalidQuery`` before anything reaches the database. ``window``:
-    see ``_studies``."""
+    see ``_studies``. ``uids_only``: an instance-level search's UIDs, without the fragments."""
     where = _where(query)
+    if uids_only:
+        if query.level is not Level.INSTANCE:
+            raise ValueError("only an instance-level search selects UIDs only")
+        return _instances(query, where, uids_only=True), where.params
     if query.level is Level.STUDY:
         return _studies(query, where, window), where.params
+    if query.level is Level.PATIENT:
+        return _patients(query, where), where.params
     build = {Level.SERIES: _series, Level.INSTANCE: _instances}[query.level]
     return build(query, where), where.params
 
@@ -451,6 +496,7 @@ def _hit(row: asyncpg.Record) -> Hit:
         row.get("series_count"),
         row.get("instance_count"),
         tuple(row.get("modalities") or ()),
+        row.get("study_count"),
     )
 
 
@@ -463,3 +509,12 @@ async def search(conn: asyncpg.Connection, query: Search) -> tuple[list[Hit], bo
             break
     hits = [_hit(row) for row in rows if row["study_uid"] is not None]  # None: an empty page
     return hits[: query.limit], len(hits) > query.limit
+
+
+async def instance_uids(conn: asyncpg.Connection, query: Search) -> tuple[list[tuple[str, str, str]], bool]:
+    """The (study, series, SOP instance) UIDs an instance-level ``query``'s page names, and whether
+    more follow: its hits without their fragments, for what only needs to know which instances."""
+    sql, params = statement(query, uids_only=True)
+    rows = await conn.fetch(sql, *params)
+    uids = [(row["study_uid"], row["series_uid"], row["sop_uid"]) for row in rows]
+    return uids[: query.limit], len(uids) > query.limit

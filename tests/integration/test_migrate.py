@@ -28,6 +28,7 @@ def test_migrate_applies_everything_to_an_empty_database_once(empty_database: st
         (3, "read_path"),
         (4, "conversion"),
         (5, "study_list"),
+        (6, "change_feed"),
     ]
     tables = {
         r["tablename"]
