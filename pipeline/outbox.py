@@ -241,6 +241,18 @@ def backlogs(directory: Path, name: str) -> dict[Path, Backlog]:
     return found
 
 
+@contextlib.contextmanager
+def held(path: Path) -> Iterator[bool]:
+    """Whether the outbox ``path`` could be taken (no live process holds it); if so, it is held
+    until the block ends, so that none takes it meanwhile. The outbox itself is neither opened nor made."""
+    fd = _try_lock(path)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _try_lock(path: Path) -> int | None:
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import errno
 import logging
 import os
@@ -39,7 +40,7 @@ from pipeline import lifecycle, log
 from pipeline.errors import InvalidIdentifier, PacsflowError, RejectedInstance, StorageError, StorageFull
 from pipeline.ingest import InstanceReceiver, Source, new_trace_id
 from pipeline.models import TenantId
-from pipeline.outbox import Outbox, OutboxPublisher
+from pipeline.outbox import Outbox, OutboxPublisher, held
 from pipeline.settings import Settings
 from pipeline.stores.files import TEMP_SUFFIX, StorageLayout
 
@@ -139,7 +140,7 @@ class _Importer:
         counters: progress.Counters,
         incoming: Path,
         tenant: TenantId,
-        failures: TextIO,
+        failures: Failures,
         notify: list[OutboxPublisher],
     ) -> None:
         self._items: Iterator[Item] = iter(items)
@@ -151,7 +152,6 @@ class _Importer:
         self._failures = failures
         self._notify = notify
         self._lock = threading.Lock()
-        self._failures_lock = threading.Lock()
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self._quiet = not sys.stdout.isatty()
@@ -232,12 +232,42 @@ class _Importer:
         return True
 
     def _failed(self, item: Item, reason: str) -> None:
-        line = " ".join(reason.split())  # one line, no tab: the file is TSV
-        with self._failures_lock:
-            self._failures.write(f"{item.name}\t{line}\n")
-            self._failures.flush()
+        line = self._failures.add(item.name, reason)
         if self._quiet:  # on a terminal the bar counts them; the file lists them
             _log.warning("import_failed", path=item.name, reason=line)
+
+
+class Failures:
+    """The failures file: tab-separated ``path`` and ``reason``, a header line first. A reason is
+    made one line; a path holding a tab, a newline or a quote is quoted as CSV quotes (RFC 4180),
+    which spreadsheet and ``csv`` readers undo."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._rows = csv.writer(out, delimiter="\t", lineterminator="\n")
+        self._lock = threading.Lock()
+        self._rows.writerow(["path", "reason"])
+
+    def add(self, name: str, reason: str) -> str:
+        line = " ".join(reason.split())
+        with self._lock:
+            self._rows.writerow([name, line])
+            self._out.flush()
+        return line
+
+
+def _sweep(settings: Settings, incoming: Path) -> None:
+    """Empty ``incoming`` (ours: its slot is held) and remove the folders of slots no import holds:
+    the copies a killed run left, whose slot another process may have adopted and drained since."""
+    # A folder is removed while its slot is held here, so no import starting meanwhile can take it.
+    for folder in incoming.parent.glob("*") if incoming.parent.is_dir() else ():
+        if folder == incoming or not folder.is_dir():
+            continue
+        with held(settings.outbox_dir / f"{folder.name}.sqlite") as ours:
+            if ours:
+                shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir(parents=True, exist_ok=True)
 
 
 def _written(temp: Path, exc: OSError) -> StorageError:
@@ -298,7 +328,7 @@ async def _import(settings: Settings, options: Options) -> Summary:
     for signum in _STATUS:
         loop.add_signal_handler(signum, on_signal, signum)
 
-    found = await asyncio.to_thread(sources.listing, options.paths)
+    found = await asyncio.to_thread(sources.listing, options.paths, [options.failures])
     try:
         return await _store(settings, options, found, stop, signalled)
     finally:
@@ -338,10 +368,8 @@ async def _with_outbox(
     stop: threading.Event,
     signalled: list[int],
 ) -> Summary:
-    # The slot is ours while we hold it: what its folder holds is a killed run's leftovers.
     incoming = settings.storage_root / INCOMING / outbox.path.stem
-    await asyncio.to_thread(shutil.rmtree, incoming, True)
-    await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(_sweep, settings, incoming)
     publisher = OutboxPublisher(settings, outbox) if settings.kafka_bootstrap else None
     publishing = asyncio.create_task(publisher.run(), name="outbox-publisher") if publisher else None
     counters = progress.Counters(total=len(to_do))
@@ -357,8 +385,8 @@ async def _with_outbox(
         pending_events=outbox.pending(),
     )
     options.failures.parent.mkdir(parents=True, exist_ok=True)
-    with options.failures.open("w", encoding="utf-8") as failures:
-        failures.write("path\treason\n")
+    with options.failures.open("w", encoding="utf-8", newline="") as out:
+        failures = Failures(out)
         importer = _Importer(
             to_do,
             InstanceReceiver(StorageLayout(settings.storage_root), outbox, settings.node_id),
@@ -370,7 +398,7 @@ async def _with_outbox(
             [publisher] if publisher else [],
         )
         for problem in found.problems:
-            failures.write(f"{problem.name}\t{' '.join(problem.reason.split())}\n")
+            failures.add(problem.name, problem.reason)
             counters.add(failed=1)
         counters.total += len(found.problems)
         with progress.display(counters.total, options.log_every) as shown:

@@ -206,7 +206,9 @@ def _probes(settings: Settings) -> web.Application:
             raise PacsflowError(f"the storage root {settings.storage_root} is not writable")
 
     async def outbox() -> list[exposition.Family]:
-        return await asyncio.to_thread(exposition.outbox_families, settings, "scp")
+        # `pacsflow import` runs where the SCP's storage and outboxes are, and serves no metrics of
+        # its own; the SCP's publishers adopt what an import leaves unpublished.
+        return await asyncio.to_thread(exposition.outbox_families, settings, "scp", "import")
 
     return probes.application("scp", {"storage": storage_writable}, {"outbox": outbox})
 

@@ -34,9 +34,9 @@ def _gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> Family:
     return GaugeMetricFamily(name, documentation, labels=list(labels))
 
 
-def outbox_families(settings: Settings, service: str) -> list[Family]:
-    """Depth and oldest event's age of the service's outboxes, summed (the oldest: the oldest of all)."""
-    found = backlogs(settings.outbox_dir, service)
+def outbox_families(settings: Settings, *services: str) -> list[Family]:
+    """Depth and oldest event's age of each service's outboxes, summed per service (the oldest: the
+    oldest of all)."""
     depth = _gauge(
         "pacsflow_outbox_events", "Events spooled in the service's outboxes, not yet published", ["service"]
     )
@@ -46,12 +46,14 @@ def outbox_families(settings: Settings, service: str) -> list[Family]:
         "an event spooled by a version before this gauge waits first)",
         ["service"],
     )
-    depth.add_metric([service], sum(b.pending for b in found.values()))
-    waiting = [b.oldest for b in found.values() if b.pending]
-    if not waiting:
-        age.add_metric([service], 0.0)
-    elif None not in waiting:  # an undated head: any age shown would be too young
-        age.add_metric([service], max(0.0, time.time() - min(t for t in waiting if t is not None)))
+    for service in services:
+        found = backlogs(settings.outbox_dir, service)
+        depth.add_metric([service], sum(b.pending for b in found.values()))
+        waiting = [b.oldest for b in found.values() if b.pending]
+        if not waiting:
+            age.add_metric([service], 0.0)
+        elif None not in waiting:  # an undated head: any age shown would be too young
+            age.add_metric([service], max(0.0, time.time() - min(t for t in waiting if t is not None)))
     return [depth, age]
 
 

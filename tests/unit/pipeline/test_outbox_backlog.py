@@ -97,3 +97,16 @@ def test_the_gauges_sum_the_service_and_age_its_oldest_event(tmp_path: Path) -> 
     assert depth.samples[0].labels == {"service": "scp"} and depth.samples[0].value == 4
     assert 0 <= age.samples[0].value < 60
     outbox.close()
+
+
+def test_the_scp_shows_an_imports_outbox_beside_its_own(tmp_path: Path) -> None:
+    settings = settings_module.load({"PACSFLOW_DATA_DIR": str(tmp_path)})
+    scp = Outbox.open_slot(settings.outbox_dir, "scp")
+    imported = Outbox.open_slot(settings.outbox_dir, "import")
+    scp.append(_messages(1))
+    imported.append(_messages(3))
+    depth, age = outbox_families(settings, "scp", "import")
+    assert {s.labels["service"]: s.value for s in depth.samples} == {"scp": 1, "import": 3}
+    assert {s.labels["service"] for s in age.samples} == {"scp", "import"}
+    imported.close()
+    scp.close()
