@@ -52,14 +52,13 @@ from pipeline.stores.search import InvalidQuery, Search
 
 _log = log.get(__name__)
 
-RETRIEVE_MODELS = frozenset(
+MOVE_MODELS = frozenset(
     str(uid)
-    for uid in (
-        PatientRootQueryRetrieveInformationModelGet,
-        StudyRootQueryRetrieveInformationModelGet,
-        PatientRootQueryRetrieveInformationModelMove,
-        StudyRootQueryRetrieveInformationModelMove,
-    )
+    for uid in (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
+)
+RETRIEVE_MODELS = MOVE_MODELS | frozenset(
+    str(uid)
+    for uid in (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
 )
 """The C-GET and C-MOVE SOP classes served here (their roots in ``query.MODELS``)."""
 
@@ -151,7 +150,15 @@ class Retriever:
         reply = _Reply(assoc, request, int(context.context_id or 0), syntax)
         calling = str(assoc.requestor.ae_title).strip()
         what = "move" if isinstance(request, C_MOVE) else "get"
+        model = UID(str(context.abstract_syntax))
         try:
+            if (model in MOVE_MODELS) != isinstance(request, C_MOVE):
+                # PS3.7 9.3: a message is of its context's SOP class; a C-GET on a MOVE context
+                # would otherwise be served as a GET its peer never negotiated.
+                raise _Refused(
+                    IDENTIFIER_DOES_NOT_MATCH,
+                    f"a C-{what.upper()} request on a context of {model.name}",
+                )
             tenant = self._tenant_of(assoc)
             destination = None
             if isinstance(request, C_MOVE):

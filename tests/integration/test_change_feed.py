@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import requests
 
+from tests.conftest import query
 from tests.support import dicomdata
 from tests.support.dicomdata import uid
 from tests.support.dimse import require_dcmtk, storescu
-from tests.support.services import Broker
+from tests.support.services import Broker, wait_for
 from tests.support.stack import on_a_new_database
 
 pytestmark = [pytest.mark.broker, pytest.mark.dcmtk]
@@ -215,7 +216,7 @@ def test_a_follower_sees_every_create_update_and_delete_once_in_order(stack: Sta
     assert stack.feed(offset=start, startTime=now[-1]["Timestamp"])[0]["Sequence"] == now[-1]["Sequence"]
 
 
-def test_a_waiting_request_is_answered_by_the_next_entry(stack: Stack, tmp_path: Path) -> None:
+def _a_waiting_request_is_answered_by_the_next_entry(stack: Stack, folder: Path) -> None:
     start = stack.latest_sequence()
     assert stack.feed(offset=start) == []  # the feed is idle
     answers: list[list[Entry]] = []
@@ -227,11 +228,35 @@ def test_a_waiting_request_is_answered_by_the_next_entry(stack: Stack, tmp_path:
     run = uuid.uuid4().int % 10**12
     one = dicomdata.ct_series(uid(run, 1), uid(run, 1, 1), 1)
     assert waiting.is_alive()  # it waits rather than answer [] at once
-    stack.store(one, tmp_path / "one")
+    stack.store(one, folder)
     waiting.join(35)
     assert answers, "the waiting request did not return"
     assert [(e["Action"], e["SopInstanceUid"]) for e in answers[0]] == [("create", one[0].SOPInstanceUID)]
     assert time.monotonic() - began < 30  # answered by the entry, not by the end of its wait
+
+
+def test_a_waiting_request_is_answered_by_the_next_entry(stack: Stack, tmp_path: Path) -> None:
+    _a_waiting_request_is_answered_by_the_next_entry(stack, tmp_path / "one")
+
+
+def _listeners(dsn: str) -> set[int]:
+    """The backends LISTENing to the feed's channel: the web process's listening connection."""
+    rows = query(
+        dsn,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    return {row["pid"] for row in rows}
+
+
+def test_a_lost_listening_connection_comes_back_and_wakes_waiting_requests(
+    stack: Stack, tmp_path: Path
+) -> None:
+    before = wait_for(lambda: _listeners(stack.dsn), 30, "the web process to LISTEN")
+    # As a failover or an idle-session timeout ends it.
+    query(stack.dsn, "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(before))
+    again = wait_for(lambda: _listeners(stack.dsn) - before, 30, "the web process to LISTEN again")
+    assert again.isdisjoint(before)
+    _a_waiting_request_is_answered_by_the_next_entry(stack, tmp_path / "one")
 
 
 def test_tenants_see_only_their_own_entries(stack: Stack, tmp_path: Path) -> None:

@@ -368,3 +368,65 @@ def test_a_move_called_as_a_tenant_reaches_that_tenants_destination(stack: Stack
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 0)
     (arrived,) = destination.iterdir()
     assert dcmread(arrived, stop_before_pixels=True).SOPInstanceUID == stack.uid(9, 1, 1)
+
+
+def _first_series(stack: Stack) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = stack.uid(1)
+    identifier.SeriesInstanceUID = stack.uid(1, 1)
+    return identifier
+
+
+def test_a_get_cancelled_stops_before_its_next_sub_operation(stack: Stack) -> None:
+    """The C-CANCEL is sent from the first C-STORE's handler, before its response: the SCP has it
+    when that sub-operation ends, sends no other, and answers Cancel with the counts."""
+    ae = AE(ae_title="PYGET")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    received: list[str] = []
+
+    def on_store(event: Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 1:
+            event.assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelGet)
+        return 0x0000
+
+    assoc = ae.associate(
+        "127.0.0.1",
+        stack.scp_port,
+        ae_title="PACSFLOW",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    identifier = _first_series(stack)
+    try:
+        responses = [
+            status
+            for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=7)
+        ]
+    finally:
+        assoc.release()
+    assert [hex(s.Status) for s in responses] == ["0xff00", "0xfe00"]
+    final = responses[-1]
+    assert final.NumberOfCompletedSuboperations == 1
+    assert final.NumberOfRemainingSuboperations == 3
+    assert len(received) == 1
+
+
+def test_a_get_on_a_move_context_is_refused_not_served(stack: Stack) -> None:
+    """A faulty peer's C-GET sent on the MOVE context it negotiated (pynetdicom sends it so when
+    given the MOVE model)."""
+    ae = AE(ae_title="PYGET")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", stack.scp_port, ae_title="PACSFLOW")
+    assert assoc.is_established
+    identifier = _first_series(stack)
+    try:
+        responses = [s for s, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelMove)]
+    finally:
+        assoc.release()
+    (response,) = responses
+    assert response.Status == 0xA900
+    assert "C-GET request on a context of Study Root" in str(response.ErrorComment)

@@ -23,3 +23,11 @@ CREATE TABLE dicom_change_feed (
 CREATE INDEX dicom_change_feed_instance ON dicom_change_feed (tenant_id, study_uid, series_uid, sop_uid);
 -- startTime / endTime.
 CREATE INDEX dicom_change_feed_time ON dicom_change_feed (tenant_id, timestamp);
+
+-- The instances indexed before this migration: a 'create' entry each, dated and numbered in the
+-- order they were indexed, so that a client reading the feed from its start sees the whole archive
+-- (one sort of the instance table, once).
+INSERT INTO dicom_change_feed (tenant_id, study_uid, series_uid, sop_uid, action, state, timestamp)
+SELECT tenant_id, study_uid, series_uid, sop_uid, 'create', 'current', indexed_time
+FROM dicom_instance_meta
+ORDER BY indexed_time, tenant_id, study_uid, series_uid, sop_uid;
