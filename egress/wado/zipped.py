@@ -1,17 +1,26 @@
 """A study, a series or an instance as one zip (``Accept: application/zip``): the stored files as
 they are, byte for byte, entries ``{study}/{series}/{sop}.dcm``, stored (no compression: pixel data
-hardly compresses, and the archive is then as fast to make as the files are to read).
+hardly compresses, and the archive is then as fast to make as the files are to read), with
+``Content-Disposition: attachment``; a HEAD gets the headers and no body.
 
-The zip is streamed, a chunk (``CHUNK``) at a time, by ``stream_zip``. Each entry's local header
-carries its CRC-32 and sizes, and no data descriptor follows its bytes: readers that go from local
-header to local header without the central directory (Java's ``ZipInputStream``, streaming unzip
-tools) refuse a stored entry whose length comes after it. The CRC costs one pass over each file
-just before its entry is sent (the second read comes from the page cache). Every entry has zip64
-fields, so that a study past 4 GiB needs nothing different. As for every retrieve, all the files are
-opened before the status line (a missing one is a 404); a read that fails after it, a file that ends
-before the size it had when opened, or one whose bytes changed after its CRC was taken breaks the
-connection: the client sees a broken transfer (no central directory: no zip tool takes it for
-whole), never a complete-looking archive.
+The zip is streamed, a chunk (``CHUNK``) at a time, by ``stream_zip``, each step in a thread (reads
+never block the loop). Each entry's local header carries its CRC-32 and sizes, and no data
+descriptor follows its bytes: readers that go from local header to local header without the central
+directory (Java's ``ZipInputStream``, streaming unzip tools) refuse a stored entry whose length
+comes after it. The CRC costs one pass over each file just before its entry is sent (the second read
+comes from the page cache), so the first bytes leave after one file's pass, not all of them.
+
+Every entry has zip64 fields, whatever its size (48 bytes an entry): one format for every study,
+rather than one that changes, and loses readers, once the archive passes 4 GiB or 65,535 entries
+(which a study does with no file near 4 GiB). Java's ``ZipInputStream`` (7 and later), Info-ZIP
+``unzip`` 6, Python and macOS's Archive Utility since 10.15 read it; older Archive Utilities refuse
+zip64 whatever its size.
+
+As for every retrieve, all the files are opened before the status line (a missing one is a 404); a
+read that fails after it, a file that ends before the size it had when opened, or one whose bytes
+changed after its CRC was taken (``stream_zip`` checks the CRC of what went out against the one
+announced) breaks the connection: the client sees a broken transfer (no central directory: no zip
+tool takes it for whole), never a complete-looking archive.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ CHUNK = 1 << 20
 _DICOM_RANGES = ("application/dicom", "*/*", "application/*")
 """Ranges that keep the multipart answer: ``*/*`` and ``application/*`` as before there was a zip."""
 _EARLIEST = datetime(1980, 1, 1, tzinfo=UTC)  # the zip format's first date
+_LATEST = datetime.fromtimestamp(2**31 - 1, UTC)
+"""The last time the extended timestamp field holds (signed 32 bits): a file stamped later (a clock
+set wrong) would otherwise abort the answer when its turn came."""
 _MODE = stat.S_IFREG | 0o644
 
 _log = log.get(__name__)
@@ -89,7 +101,7 @@ class _Entries:
             crc = 0
             for chunk in _chunks(file, found.st_size):
                 crc = zlib.crc32(chunk, crc)
-            modified = max(datetime.fromtimestamp(found.st_mtime, UTC), _EARLIEST)
+            modified = min(max(datetime.fromtimestamp(found.st_mtime, UTC), _EARLIEST), _LATEST)
             method = NO_COMPRESSION_64(found.st_size, crc)
             yield entry_name(instance), modified, _MODE, method, _chunks(file, found.st_size)
         self.done = len(self._entries)

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import uuid
 import xml.etree.ElementTree as ET
 import zipfile
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from tests.integration.test_wado_metadata import current
 from tests.support import dicomdata
 from tests.support.services import Broker, Service, wait_for
 from tests.support.stack import indexed, on_a_new_database
+from tests.support.zips import read_as_a_stream
 
 pytestmark = [pytest.mark.broker]
 BOUNDARY = "capabilities-test"
@@ -244,40 +243,12 @@ def test_a_study_of_several_series_is_a_zip_of_its_stored_files(stack: Stack) ->
         assert archive.testzip() is None
 
 
-def _read_as_a_stream(data: bytes) -> dict[str, bytes]:
-    """The entries of ``data`` read as a streaming reader (Java's ``ZipInputStream``) reads them:
-    local header after local header, each entry's length from its own header, the central
-    directory never looked at. A stored entry whose sizes come after it (flag bit 3) cannot be read
-    so: the check fails there."""
-    entries: dict[str, bytes] = {}
-    at = 0
-    while struct.unpack_from("<I", data, at)[0] == 0x04034B50:
-        _, _, flags, method, _, _, crc, size, _, name_length, extra_length = struct.unpack_from(
-            "<IHHHHHIIIHH", data, at
-        )
-        name = data[at + 30 : at + 30 + name_length].decode()
-        extra = data[at + 30 + name_length : at + 30 + name_length + extra_length]
-        assert not flags & 0x08, f"{name}: its sizes follow it (a data descriptor)"
-        assert method == 0, name
-        if size == 0xFFFFFFFF:  # in the zip64 extra field
-            field = 0
-            while struct.unpack_from("<H", extra, field)[0] != 0x0001:
-                field += 4 + struct.unpack_from("<H", extra, field + 2)[0]
-            _, size = struct.unpack_from("<QQ", extra, field + 4)
-        start = at + 30 + name_length + extra_length
-        entries[name] = data[start : start + size]
-        assert zlib.crc32(entries[name]) == crc, f"{name}: the CRC in its header is not its bytes'"
-        at = start + size
-    assert struct.unpack_from("<I", data, at)[0] == 0x02014B50, "the central directory follows the entries"
-    return entries
-
-
 def test_a_streaming_reader_reads_every_entry_from_its_own_header(stack: Stack) -> None:
     study = stack.studies["small"][0].StudyInstanceUID
     answer = _zip(stack, f"/studies/{study}")
     assert answer.status_code == 200, answer.text
     stored = stack.stored(study)
-    entries = _read_as_a_stream(answer.content)
+    entries = read_as_a_stream(answer.content)
     assert sorted(entries) == sorted(stored)
     for name, data in entries.items():
         assert data == stored[name].read_bytes(), name
